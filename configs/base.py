@@ -1,0 +1,70 @@
+"""Defaults shared by every experiment; preset files override a few keys.
+
+Every key a run may set exists here, so `--config.some_key=...` with a key that
+is not in the config is rejected by ml_collections with the key's name.
+"""
+import ml_collections
+
+# Image shape (H, W, C) and number of classes of each dataset the project knows.
+DATASETS = {
+    "digits": ((8, 8, 1), 10),
+    "fashion_mnist": ((28, 28, 1), 10),
+    "mnist": ((28, 28, 1), 10),
+    "cifar10": ((32, 32, 3), 10),
+    "imagenet_resized/64x64": ((64, 64, 3), 1000),
+}
+
+
+def base_config(dataset: str = "digits") -> ml_collections.ConfigDict:
+  shape, num_classes = DATASETS[dataset]
+  c = ml_collections.ConfigDict()
+  c.method = "teacher"
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict(dict(
+      name=dataset, data_dir="", split="train", random_flip=False, read_threads=2,
+      num_workers=0, shape=shape, num_classes=num_classes))
+
+  c.model = ml_collections.ConfigDict(dict(
+      name="unet", ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+      num_heads=1, dropout=0.0, num_classes=0, guidance=False))
+
+  c.diffusion = ml_collections.ConfigDict(dict(
+      process="cosine", parameterization="v", weighting="snr+1",
+      logsnr_min=-20.0, logsnr_max=20.0, p_uncond=0.1))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=2e-3, warmup_steps=100, schedule="constant", grad_clip=1.0,
+      b1=0.9, b2=0.99, ema_decay=0.999))
+
+  c.batch_size = 64
+  c.num_train_steps = 2000
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 500
+  c.sample_every_steps = 500
+  c.keep_checkpoints = 3     # the latest ones; the last checkpoint of every stage is kept too
+  c.max_nonfinite_in_row = 20
+
+  c.sample = ml_collections.ConfigDict(dict(
+      sampler="ddim", num_steps=64, time_grid="uniform", guidance_weight=0.0,
+      num_samples=64, batch_size=64, labels="", use_ema=True))
+
+  c.teacher = ml_collections.ConfigDict(dict(workdir=""))
+
+  # --mode=eval (training/evaluate_checkpoint.py, eval/quality.py): lists are comma-separated;
+  # guidance weights apply to class-conditional models; '' dirs = the defaults; the classifier
+  # is trained (classifier_steps) when missing; metrics from fd_dataset, fidelity, fid.
+  c.eval = ml_collections.ConfigDict(dict(
+      samplers="ddim", num_steps="1,2,4,8,16", guidance_weights="0", num_samples=1000,
+      batch_size=250, metrics="fd_dataset,fidelity", reference_steps=256, classifier_dir="",
+      classifier_steps=500, inception_weights="", seed=0))
+  return c
+
+
+def select(presets: dict, arg, kind: str):
+  """The preset named `arg` (default: the first), or a clear error listing them."""
+  name = arg or next(iter(presets))
+  if name not in presets:
+    raise ValueError(f"Unknown {kind} preset {name!r}; choose one of {sorted(presets)} "
+                     f"(e.g. --config=configs/{kind}.py:{next(iter(presets))}).")
+  return presets[name]()

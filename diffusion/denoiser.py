@@ -1,0 +1,38 @@
+"""The Denoiser interface: denoise(params, z, t, cond) -> Prediction(x_hat, eps_hat).
+
+`cond` is a dict that may hold `label` (int (B,), the null class = num_classes)
+and `w` (float (B,), guidance weight for guided students); or None.
+Samplers and distillation losses see only this function, never the network.
+"""
+from typing import Callable, Optional
+
+import jax.numpy as jnp
+
+from diffusion.parameterization import Prediction, get_parameterization
+
+Denoiser = Callable[..., Prediction]
+
+
+def make_denoiser(apply_fn: Callable, process, parameterization: str) -> Denoiser:
+  """Wrap a network `apply_fn(params, z, network_time, label, w, rng) -> o` as a Denoiser."""
+  to_prediction = get_parameterization(parameterization)
+
+  def denoise(params, z, t, cond: Optional[dict] = None, *, rng=None) -> Prediction:
+    """`rng` (optional) turns on training mode (dropout) for this call."""
+    cond = cond or {}
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), z.shape[:1])
+    o = apply_fn(params, z, process.network_time(t), cond.get("label"), cond.get("w"), rng)
+    return to_prediction(o, z, t, process)
+
+  return denoise
+
+
+def model_apply_fn(model) -> Callable:
+  """A Linen model's apply as the `apply_fn` of `make_denoiser`; train mode iff rng is given."""
+
+  def apply_fn(params, z, time, label, w, rng=None):
+    train = rng is not None
+    return model.apply({"params": params}, z, time, label=label, w=w, train=train,
+                       rngs={"dropout": rng} if train else None)
+
+  return apply_fn

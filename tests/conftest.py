@@ -1,0 +1,29 @@
+"""Test session set-up: 8 simulated CPU devices and a persistent compilation cache.
+
+Every test runs in one process that sees 8 devices; single-device runs use a mesh
+over the first device only, so 1-vs-8 comparisons need no second process.
+"""
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402  (must come after XLA_FLAGS)
+
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("JAX_CACHE_DIR", os.path.expanduser("~/.cache/diffusion_distillation_jax")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+
+import pytest  # noqa: E402
+
+from tests.tiny_config import tiny_teacher_config  # noqa: E402
+
+
+@pytest.fixture
+def tiny_config():
+  return tiny_teacher_config
