@@ -1,0 +1,66 @@
+"""Entry point: train diffusion models and sample from their checkpoints.
+
+  python main.py --config=configs/teacher.py:digits --workdir=runs/digits
+  python main.py --mode=sample --workdir=runs/digits --config.sample.num_steps=16
+
+Any config key can be overridden with --config.<key>=<value>; an unknown key is an error.
+"""
+import logging as std_logging
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags, logging  # noqa: E402
+import jax  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+config_flags.DEFINE_config_file("config", "configs/teacher.py",
+                                "Config file and preset, e.g. configs/teacher.py:digits.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+flags.DEFINE_bool("distributed", False,
+                  "Call jax.distributed.initialize() first (multi-host TPU/GPU; on Cloud TPU "
+                  "it finds the coordinator by itself).")
+flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/diffusion_distillation_jax"),
+                    "Persistent XLA compilation cache directory ('' to disable).")
+flags.mark_flags_as_required(["workdir"])
+
+
+class QuietLibraries(std_logging.Filter):
+  """Drop the INFO chatter of orbax (several lines per checkpoint); keep its warnings."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(QuietLibraries())
+  if FLAGS.distributed:
+    jax.distributed.initialize()
+  if FLAGS.compilation_cache:
+    jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  logging.info("JAX process %d/%d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+
+
+def train(config, workdir):
+  from training.trainer import train as run
+  run(config, workdir)
+
+
+def sample(config, workdir):
+  from training.sample_checkpoint import sample_from_workdir
+  sample_from_workdir(workdir, config.sample)
+
+
+MODES = {"train": train, "sample": sample}
+flags.DEFINE_enum("mode", "train", list(MODES), "What to do.")
+
+FLAGS = flags.FLAGS
+
+if __name__ == "__main__":
+  app.run(main)
