@@ -1,4 +1,4 @@
-"""Entry point: train diffusion models and sample from their checkpoints.
+"""Entry point: train, sample or evaluate diffusion models and distilled students.
 
   python main.py --config=configs/teacher.py:digits --workdir=runs/digits
   python main.py --mode=sample --workdir=runs/digits --config.sample.num_steps=16
@@ -57,8 +57,21 @@ def sample(config, workdir):
   sample_from_workdir(workdir, config.sample)
 
 
-MODES = {"train": train, "sample": sample}
-flags.DEFINE_enum("mode", "train", list(MODES), "What to do.")
+def evaluate(config, workdir):
+  from training.evaluate_checkpoint import evaluate_workdir
+  evaluate_workdir(workdir, config.eval)
+
+
+def pipeline(config, workdir):
+  if "teacher_run" not in config:
+    raise app.UsageError("--mode=pipeline needs --config=configs/pipeline.py[:preset].")
+  from training.pipeline import run_pipeline
+  run_pipeline(config, workdir)
+
+
+MODES = {"train": train, "sample": sample, "eval": evaluate, "pipeline": pipeline}
+flags.DEFINE_enum("mode", "train", list(MODES),
+                  "What to do (pipeline: teacher, distillation and report; use configs/pipeline.py).")
 
 FLAGS = flags.FLAGS
 

@@ -1,0 +1,59 @@
+r"""The quality-vs-steps report of a teacher and its distilled students.
+
+  python -m bench.quality --teacher=runs/digits --students=runs/digits_pd[,...] --out=runs/report
+      [--num_samples=500] [--steps=1,2,4,8,16,32,64] [--reference_steps=256]
+
+Rows (eval/quality.py): the teacher at each --steps with --sampler plus its --reference_steps
+DDIM reference; each student at every stage-end checkpoint its workdir keeps, with the stage's
+own step count N (from the method's `stages()`; a progressive run keeps them all when
+keep_period = steps_per_stage). Every row is drawn from the same noise, and fidelity is against
+the teacher's reference samples. Writes to --out:
+  report.md            the table (steps, NFE, wall time per image, FD-<dataset>, PSNR, ...)
+  report.json          the rows and the settings
+  quality_vs_steps.png each metric against steps (log2 axis), one line per model
+  grids/<row>.png      the first 64 samples of each row
+"""
+import os
+
+import jax
+from absl import app, flags
+
+from eval import quality_table
+from eval.report import quality_report
+
+flags.DEFINE_string("teacher", None, "Workdir of the teacher.")
+flags.DEFINE_list("students", [], "Workdirs of distilled students (e.g. progressive runs).")
+flags.DEFINE_string("out", None, "Output directory of the report.")
+flags.DEFINE_integer("num_samples", 500, "Samples per row.")
+flags.DEFINE_integer("batch_size", 250, "Sampling batch size (global).")
+flags.DEFINE_list("steps", ["1", "2", "4", "8", "16", "32", "64"], "Teacher step counts.")
+flags.DEFINE_integer("reference_steps", 256, "DDIM steps of the teacher's fidelity reference.")
+flags.DEFINE_string("sampler", "ddim", "Sampler of every row but the reference.")
+flags.DEFINE_list("guidance_weights", ["0"], "Guidance weights (class-conditional models).")
+flags.DEFINE_list("metrics", ["fd_dataset", "fidelity"], "Metrics: fd_dataset, fidelity, fid.")
+flags.DEFINE_string("classifier_dir", "", "Dataset classifier directory ('' = the default).")
+flags.DEFINE_integer("classifier_steps", 500, "Training steps if the classifier is missing.")
+flags.DEFINE_string("inception_weights", "", "FID Inception .npz ('' = the default path).")
+flags.DEFINE_integer("seed", 0, "Seed of the shared noise.")
+flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/diffusion_distillation_jax"),
+                    "Persistent XLA compilation cache directory ('' to disable).")
+flags.mark_flags_as_required(["teacher", "out"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  if FLAGS.compilation_cache:
+    jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  rows = quality_report(FLAGS.teacher, FLAGS.students, FLAGS.out, FLAGS.num_samples,
+                        FLAGS.batch_size, [int(n) for n in FLAGS.steps], FLAGS.reference_steps,
+                        FLAGS.sampler, [float(w) for w in FLAGS.guidance_weights],
+                        FLAGS.metrics, FLAGS.classifier_dir, FLAGS.classifier_steps,
+                        FLAGS.inception_weights, FLAGS.seed)
+  print(quality_table.format_table(rows))
+  print(f"wrote {FLAGS.out}/report.md, report.json, quality_vs_steps.png and grids/")
+
+
+if __name__ == "__main__":
+  app.run(main)

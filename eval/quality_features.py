@@ -1,0 +1,84 @@
+"""The feature networks behind the quality metrics and their cached reference statistics.
+
+FD-<dataset>: penultimate features of the dataset classifier (eval/classifier.py). When the
+classifier directory (default `classifier.default_dir(dataset)`) holds none, one is trained on
+the dataset's train split with `classifier.train_classifier` and saved there, with a warning
+(digits, 500 steps: about 30 s on 2 CPU cores). The reference statistics are those of the
+`split` images (default 'test', unseen by the classifier), cached as
+<classifier dir>/<split>_stats.npz next to the classifier they belong to.
+
+FID / IS: the FID Inception-v3 (eval/inception.py) from a local weights file, whose
+reference statistics are cached as <weights dir>/<dataset>_<split>_inception.npz.
+"""
+import os
+from typing import Callable, Iterator, NamedTuple, Optional
+
+import jax
+import numpy as np
+from absl import logging
+
+from eval import classifier, inception, reference
+
+
+class Features(NamedTuple):
+  """A feature function images in [-1, 1] -> features, and the reference (mu, sigma)."""
+  fn: Callable
+  reference: tuple[np.ndarray, np.ndarray]
+
+
+def batches(images, batch_size: int) -> Iterator[np.ndarray]:
+  """Consecutive slices of at most `batch_size` images."""
+  for start in range(0, len(images), batch_size):
+    yield images[start:start + batch_size]
+
+
+def dataset_classifier(dataset: str, directory: str = "", steps: int = 500, data_dir: str = ""):
+  """(model, params, directory) of the dataset classifier, trained and saved first if missing."""
+  directory = directory or classifier.default_dir(dataset)
+  if not os.path.exists(os.path.join(directory, "config.json")):
+    logging.warning("No %s classifier in %s: training one for %s (%d steps).",
+                    dataset, directory, classifier.metric_name(dataset), steps)
+    images, labels, num_classes = classifier.load_split(dataset, "train", data_dir)
+    model, params = classifier.train_classifier(images, labels, num_classes, steps)
+    test_images, test_labels, _ = classifier.load_split(dataset, "test", data_dir)
+    accuracy = classifier.accuracy(model, params, test_images, test_labels)
+    if jax.process_index() == 0:
+      classifier.save(directory, model, params, dataset=dataset, test_accuracy=accuracy,
+                      steps=steps, metric=classifier.metric_name(dataset))
+    logging.warning("Trained the %s classifier (test accuracy %.4f) and saved it to %s.",
+                    dataset, accuracy, directory)
+    return model, params, directory
+  model, params, config = classifier.load(directory)
+  if config.get("dataset", dataset) != dataset:
+    raise ValueError(f"The classifier in {directory} is for {config['dataset']!r}, not "
+                     f"{dataset!r}: pass the classifier directory of {dataset!r}.")
+  return model, params, directory
+
+
+def classifier_features(dataset: str, directory: str = "", steps: int = 500,
+                        data_dir: str = "", split: str = "test",
+                        batch_size: int = 500) -> Features:
+  """The classifier's feature function and the cached statistics of the `split` images."""
+  model, params, directory = dataset_classifier(dataset, directory, steps, data_dir)
+  fn = classifier.feature_fn(model, params)
+  images, _, _ = classifier.load_split(dataset, split, data_dir)
+  stats = reference.reference_stats(fn, batches(images, batch_size),
+                                    os.path.join(directory, f"{split}_stats.npz"))
+  return Features(fn, stats)
+
+
+def inception_features(dataset: str, weights: str = "", data_dir: str = "", split: str = "test",
+                       batch_size: int = 100) -> Optional[Features]:
+  """Inception's feature function (-> InceptionOutput) and the cached pool statistics of the
+  `split` images; None, with a warning, when the weights file does not exist."""
+  weights = weights or inception.DEFAULT_WEIGHTS
+  if not os.path.exists(weights):
+    logging.warning("No Inception weights at %s: FID and IS are skipped (see "
+                    "eval/convert_inception.py to create them).", weights)
+    return None
+  fn = inception.feature_fn(inception.load_variables(weights))
+  images, _, _ = classifier.load_split(dataset, split, data_dir)
+  cache = os.path.join(os.path.dirname(os.path.abspath(weights)),
+                       f"{dataset.replace('/', '_')}_{split}_inception.npz")
+  stats = reference.reference_stats(lambda x: fn(x).pool, batches(images, batch_size), cache)
+  return Features(fn, stats)

@@ -1,0 +1,164 @@
+"""Quality evaluation: --mode=eval, the quality-vs-steps report, same-noise fidelity, the NFE
+convention, and the dataset classifier trained on the fly when missing."""
+import json
+import math
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from eval.report import quality_report
+from configs.base import base_config
+from configs.progressive import distill_config
+from eval import quality, quality_features, sample_programs
+from tests.tiny_config import tiny_teacher_config
+from training.evaluate_checkpoint import evaluate_workdir
+from training.mesh import make_mesh
+from training.trainer import Trainer
+
+CLASSIFIER_STEPS = 20
+
+
+@pytest.fixture(scope="module")
+def mesh():
+  return make_mesh(1)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, mesh):
+  """A tiny MLP digits teacher, 6 updates (checkpoints at 3 and 6)."""
+  workdir = str(tmp_path_factory.mktemp("teacher"))
+  Trainer(tiny_teacher_config(), workdir, mesh).run()
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory, teacher, mesh):
+  """Progressive distillation of the teacher, 4 -> 2 -> 1 steps, 2 updates per stage, every
+  stage end kept."""
+  config = distill_config(tiny_teacher_config(), teacher_steps=4, steps_per_stage=2, lr=1e-3,
+                          fidelity_samples=8)
+  config.teacher.workdir = teacher
+  config.update(checkpoint_every_steps=2, log_every_steps=2)
+  workdir = str(tmp_path_factory.mktemp("student"))
+  Trainer(config, workdir, mesh).run()
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory):
+  """A directory with no classifier: the first FD-digits evaluation trains one there."""
+  return str(tmp_path_factory.mktemp("classifiers") / "digits")
+
+
+def options(classifier_dir, **kwargs):
+  return quality.Options(**dict(dict(num_samples=32, batch_size=16, reference_steps=4,
+                                     classifier_dir=classifier_dir,
+                                     classifier_steps=CLASSIFIER_STEPS), **kwargs))
+
+
+def test_missing_classifier_is_trained_and_cached(classifier_dir):
+  assert not os.path.exists(classifier_dir)
+  model, params, directory = quality_features.dataset_classifier("digits", classifier_dir,
+                                                                  CLASSIFIER_STEPS)
+  with open(os.path.join(classifier_dir, "config.json")) as f:
+    saved = json.load(f)
+  assert directory == classifier_dir
+  assert saved["dataset"] == "digits" and saved["steps"] == CLASSIFIER_STEPS
+  assert 0.0 <= saved["test_accuracy"] <= 1.0
+  _, loaded, _ = quality_features.dataset_classifier("digits", classifier_dir, steps=10 ** 9)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  features = quality_features.classifier_features("digits", classifier_dir, CLASSIFIER_STEPS)
+  assert os.path.exists(os.path.join(classifier_dir, "test_stats.npz"))
+  mu, sigma = features.reference
+  assert mu.shape == (model.features,) and sigma.shape == (model.features, model.features)
+
+
+def test_eval_mode_writes_metrics(teacher, classifier_dir, mesh, capsys):
+  eval_config = base_config().eval
+  eval_config.update(samplers="ddim,heun", num_steps="1,2", num_samples=32, batch_size=16,
+                     reference_steps=4, classifier_dir=classifier_dir,
+                     classifier_steps=CLASSIFIER_STEPS)
+  rows = evaluate_workdir(teacher, eval_config, mesh)
+  with open(os.path.join(teacher, "eval", "metrics_step6.json")) as f:
+    written = json.load(f)
+  assert written["checkpoint_step"] == 6 and written["reference_workdir"] == teacher
+  assert written["rows"] == json.loads(json.dumps(rows))
+  assert [(r["sampler"], r["steps"], r["nfe"]) for r in rows] == [
+      ("ddim", 1, 1), ("ddim", 2, 2), ("heun", 1, 2), ("heun", 2, 4)]
+  for row in written["rows"]:
+    assert row["params"] == "ema_params" and row["num_samples"] == 32
+    for key in ("FD-digits", "fidelity_mse", "fidelity_psnr", "seconds_per_image"):
+      assert math.isfinite(row[key]) and row[key] > 0, (key, row)
+  assert any(name.startswith("events.out.tfevents")
+             for name in os.listdir(os.path.join(teacher, "eval")))
+  assert all(os.path.exists(row["grid"]) for row in rows)
+  assert "| FD-digits |" in capsys.readouterr().out
+
+
+def test_fidelity_of_a_model_to_itself_from_the_same_noise(teacher, classifier_dir, mesh,
+                                                          tmp_path):
+  """A copy of the run, drawn independently, matches the reference bit for bit (same noise);
+  fewer steps do not."""
+  copy = str(tmp_path / "copy")
+  shutil.copytree(teacher, copy)
+  rows = quality.evaluate([quality.Entry(copy, 4), quality.Entry(copy, 2)],
+                          options(classifier_dir, metrics=("fidelity",)), teacher, mesh)
+  assert rows[0]["fidelity_mse"] == 0.0 and rows[0]["fidelity_psnr"] == math.inf
+  assert rows[1]["fidelity_mse"] > 0.0 and math.isfinite(rows[1]["fidelity_psnr"])
+
+
+def test_nfe_convention():
+  config = tiny_teacher_config()
+  assert [sample_programs.nfe(config, s, 8) for s in ("ddim", "ancestral", "stochastic", "euler",
+                                              "heun", "rk4")] == [8, 8, 8, 8, 16, 32]
+  config.model.num_classes = 10                    # CFG via sampling.guided: doubled batch
+  assert sample_programs.nfe(config, "ddim", 8) == 16 and sample_programs.nfe(config, "heun", 8) == 32
+  config.model.guidance = True                     # a w-conditioned student: one branch
+  assert sample_programs.nfe(config, "ddim", 8) == 8
+  with pytest.raises(ValueError, match="Cannot evaluate sampler 'ddim_encode'"):
+    sample_programs.nfe(config, "ddim_encode", 8)
+
+
+def test_one_program_per_run_and_sampler():
+  a, b = tiny_teacher_config(), tiny_teacher_config()
+  b.sample.update(num_steps=64, num_samples=512, batch_size=512)
+  b.update(num_train_steps=99, seed=3)
+  assert sample_programs.sample_program(a) is sample_programs.sample_program(b)
+  b.sample.sampler = "heun"
+  assert sample_programs.sample_program(a) is not sample_programs.sample_program(b)
+
+
+def test_guidance_weights_only_for_conditional_models():
+  config = tiny_teacher_config()
+  assert sample_programs.guidance_weights_for(config, [0, 1, 3]) == [0.0]
+  config.model.num_classes = 10
+  assert sample_programs.guidance_weights_for(config, ["0", 2]) == [0.0, 2.0]
+
+
+def test_report(teacher, student, classifier_dir, mesh, tmp_path):
+  out = str(tmp_path / "report")
+  rows = quality_report(teacher, [student], out, num_samples=32, batch_size=16, steps=(1, 2),
+                        reference_steps=4, classifier_dir=classifier_dir,
+                        classifier_steps=CLASSIFIER_STEPS, mesh=mesh)
+  name = os.path.basename(student)
+  assert [(r["model"], r["steps"], r["checkpoint_step"]) for r in rows] == [
+      ("teacher", 1, 6), ("teacher", 2, 6), ("teacher", 4, 6), (name, 2, 2), (name, 1, 4)]
+  assert rows[2]["fidelity_psnr"] == math.inf            # the reference row itself
+  assert all(math.isfinite(r["FD-digits"]) for r in rows)
+  assert all(math.isfinite(r["fidelity_psnr"]) for r in rows[:2] + rows[3:])
+  with open(os.path.join(out, "report.json")) as f:
+    report = json.load(f)
+  assert report["rows"] == json.loads(json.dumps(rows))
+  with open(os.path.join(out, "report.md")) as f:
+    markdown = f.read()
+  assert markdown.count(f"| {name} |") == 2 and "quality_vs_steps.png" in markdown
+  with Image.open(os.path.join(out, "quality_vs_steps.png")) as plot:
+    assert plot.format == "PNG" and plot.size[0] > plot.size[1] > 100
+  for row in rows:
+    with Image.open(row["grid"]) as grid:
+      assert grid.format == "PNG"
