@@ -30,10 +30,17 @@ def fid_is(sample_fn: Callable, num_samples: int, batch_size: int, rng, mesh, va
   """{'FID'} against `reference_stats`; {'IS', 'IS_std'} too when the weights have the classifier."""
   out = generate.generate(sample_fn, num_samples, batch_size, rng, mesh,
                           inception.feature_fn(variables))
-  metrics = {"FID": frechet.frechet_distance(*frechet.statistics(out.pool), *reference_stats)}
-  if out.logits_unbiased is not None:
-    metrics["IS"], metrics["IS_std"] = inception_score.inception_score(out.logits_unbiased,
-                                                                       is_splits)
+  return fid_is_of(out.pool, out.logits_unbiased, reference_stats, is_splits)
+
+
+def fid_is_of(pool, logits, reference_stats: tuple[np.ndarray, np.ndarray],
+              is_splits: int = 10) -> dict:
+  """{'FID'} of Inception pool features against `reference_stats`; {'IS', 'IS_std'} of the
+  unbiased logits too when there are any (weights with the classifier)."""
+  metrics = {"FID": frechet.frechet_distance(*frechet.statistics(pool), *reference_stats)}
+  if logits is not None:
+    metrics["IS"], metrics["IS_std"] = inception_score.inception_score(
+        logits, min(is_splits, len(logits)))
   return metrics
 
 

@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from eval import classifier, fidelity, frechet, generate, inception_score, reference
+from eval import classifier, fidelity, frechet, generate, metrics, reference
 from eval.grid import save_grid
 from eval.quality_features import Features, batches, classifier_features, inception_features
 from eval.quality_table import row_name
@@ -241,13 +241,9 @@ def fid_is(evaluator: Evaluator, config, images, guidance_weight) -> dict:
   if features is None:
     return {}
   outs = jax.device_get([features.fn(b) for b in batches(images, INCEPTION_BATCH)])
-  pool = np.concatenate([o.pool for o in outs])
-  metrics = {"FID": frechet.frechet_distance(*frechet.statistics(pool), *features.reference)}
-  if outs[0].logits_unbiased is not None:
-    logits = np.concatenate([o.logits_unbiased for o in outs])
-    metrics["IS"], metrics["IS_std"] = inception_score.inception_score(logits,
-                                                                       min(10, len(logits)))
-  return metrics
+  logits = (None if outs[0].logits_unbiased is None
+            else np.concatenate([o.logits_unbiased for o in outs]))
+  return metrics.fid_is_of(np.concatenate([o.pool for o in outs]), logits, features.reference)
 
 
 def evaluate(entries, options: Options = Options(), reference_workdir: str = "",

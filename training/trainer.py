@@ -147,8 +147,8 @@ class Trainer:
     """The loss's `stage` argument: the stage's args, its length and first step (cached)."""
     if index not in self._stage_args:
       stage = self.stages[index]
-      self._stage_args[index] = {k: jnp.asarray(v) for k, v in dict(
-          stage.args, num_updates=stage.num_updates, first_step=self.bounds[index]).items()}
+      self._stage_args[index] = dict(stage.jax_args(), num_updates=jnp.asarray(stage.num_updates),
+                                     first_step=jnp.asarray(self.bounds[index]))
     return self._stage_args[index]
 
   def save(self, step, force=False):
