@@ -20,22 +20,26 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
 def generate(sample_fn: Callable, num_samples: int, batch_size: int, rng, mesh: Mesh,
-             transform: Optional[Callable] = None, args: tuple = ()):
+             transform: Optional[Callable] = None, args: tuple = (),
+             progress: Optional[Callable[[int, int], None]] = None):
   """The first `num_samples` rows of transform(sample_fn(fold_in(rng, i), batch_size, *args)),
   i = 0, 1, ...
 
   batch_size is global and must divide evenly over the mesh's 'data' axis. Returns a
   numpy array (or the pytree `transform` returns, with numpy leaves) on every host.
+  `progress(done, total)` is called after each batch.
   """
   data_size = mesh.shape["data"]
   if batch_size % data_size:
     raise ValueError(f"batch_size={batch_size} is not divisible by the mesh's 'data' axis "
                      f"of size {data_size}.")
   sample = jax.jit(sample_fn, static_argnums=1, out_shardings=NamedSharding(mesh, P("data")))
-  batches = []
-  for i in range(math.ceil(num_samples / batch_size)):
+  batches, total = [], math.ceil(num_samples / batch_size)
+  for i in range(total):
     out = sample(jax.random.fold_in(rng, i), batch_size, *args)
     if transform is not None:
       out = transform(out)
     batches.append(multihost_utils.process_allgather(out, tiled=True))
+    if progress is not None:
+      progress(i + 1, total)
   return jax.tree.map(lambda *parts: np.concatenate(parts)[:num_samples], *batches)
