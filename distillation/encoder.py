@@ -91,7 +91,7 @@ class EncoderDistillation(ProgressiveDistillation):
   def next_frozen(self, frozen, params):
     return dict(frozen, teacher=params)
 
-  def loss(self, params, frozen, batch, rng, stage):
+  def loss(self, params, frozen, batch, rng, stage, ema=None):
     cond_rng, loss_rng = jax.random.split(rng)
     cond = training_cond(self.config, batch, cond_rng)
     teacher = with_data_first_step(self.denoise, stage["data_first_step"] == 1)

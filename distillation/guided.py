@@ -92,7 +92,7 @@ class GuidedStage1(Method):
   def _stage1_args(self):
     return {"num_steps": self.config.distill.teacher_steps}
 
-  def loss(self, params, frozen, batch, rng, stage):
+  def loss(self, params, frozen, batch, rng, stage, ema=None):
     losses = self._stage1_losses(params, frozen, batch, rng)
     return jnp.mean(losses), {"loss": jnp.mean(losses)}
 
@@ -131,7 +131,7 @@ class GuidedDistillation(GuidedStage1):
   def next_frozen(self, frozen, params):
     return params
 
-  def loss(self, params, frozen, batch, rng, stage):
+  def loss(self, params, frozen, batch, rng, stage, ema=None):
     def stage2():
       cond_rng, loss_rng = jax.random.split(rng)
       cond = training_cond(self.config, batch, cond_rng)

@@ -114,7 +114,7 @@ class ProgressiveDistillation(Method):
   def next_frozen(self, frozen, params):
     return params
 
-  def loss(self, params, frozen, batch, rng, stage):
+  def loss(self, params, frozen, batch, rng, stage, ema=None):
     cond_rng, loss_rng = jax.random.split(rng)
     cond = training_cond(self.config, batch, cond_rng)
     losses = progressive_loss(self.denoise, params, frozen, batch["image"], cond, loss_rng,

@@ -29,7 +29,7 @@ class TeacherTraining(Method):
   def stages(self):
     return [Stage(self.config.num_train_steps, {"num_steps": self.config.sample.num_steps})]
 
-  def loss(self, params, frozen, batch, rng, stage):
+  def loss(self, params, frozen, batch, rng, stage, ema=None):
     x = batch["image"]
     t_rng, eps_rng, drop_rng, cond_rng = jax.random.split(rng, 4)
     t = jax.random.uniform(t_rng, x.shape[:1])

@@ -114,6 +114,16 @@ def make_train_iterator(config: Mapping[str, Any], global_batch_size: int,
   return iter(make_train_dataset(config, global_batch_size, seed))
 
 
+def make_index_iterator(global_batch_size: int) -> grain.DatasetIterator:
+  """For data-free methods: batches {'index': int32 (B_local,)} of the global example counter
+  (batch k holds k B, ..., k B + B - 1; process p its rows p, p + P, ...). No dataset is
+  opened; the position is checkpointed like a dataset iterator's."""
+  batch_size = local_batch_size(global_batch_size)
+  indices = grain.MapDataset.range(2**31 - 1)[jax.process_index()::jax.process_count()]
+  dataset = indices.map(lambda i: {"index": np.int32(i)})
+  return iter(dataset.to_iter_dataset().batch(batch_size, drop_remainder=True))
+
+
 def make_eval_iterator(config: Mapping[str, Any], batch_size: int,
                        split: str = "test") -> grain.DatasetIterator:
   """One pass, in order, over this process's shard of `split`; the last batch may be short.

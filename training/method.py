@@ -4,14 +4,22 @@ The trainer knows methods only through this interface:
 
   init(rng, teacher_params | None) -> student params
   init_frozen(teacher_params | None) -> what does not train (e.g. the teacher)
-  loss(params, frozen, batch, rng, stage) -> (scalar loss, metrics dict)   # pure
+  loss(params, frozen, batch, rng, stage, ema) -> (scalar loss, metrics dict)   # pure
+  lr_scales(params) -> None, or a pytree like params of per-leaf learning-rate factors
   stages() -> the schedule, a sequence of `Stage`s
   next_frozen(frozen, params) -> frozen for the next stage (e.g. student -> teacher)
   sample(params, rng, num_samples, stage) -> images of the stage's default sampler
   stage_metrics(params, frozen, rng, stage) -> metrics logged at the end of a stage
 
 `stage` reaches `loss` as a dict of scalar arrays (`Stage.args`), a jit argument,
-so one compiled train step serves every stage.
+so one compiled train step serves every stage. `ema` is the EMA of the trained
+parameters before this update (the target network of consistency-style losses); the
+gradient is taken with respect to `params` only.
+
+Class attributes: `needs_teacher` (the trainer loads `teacher.workdir`'s EMA parameters
+and passes them to `init` / `init_frozen`); `needs_data` (False for data-free methods:
+the trainer opens no dataset and the batch is only {'index': int32 (B,)}, the global
+example counter, see training.data.make_index_iterator).
 """
 import abc
 import dataclasses
@@ -48,6 +56,7 @@ def get_method(config) -> "Method":
 class Method(abc.ABC):
   """Base class; `config` is the run's ConfigDict."""
   needs_teacher = False
+  needs_data = True
 
   def __init__(self, config):
     self.config = config
@@ -61,12 +70,17 @@ class Method(abc.ABC):
     return teacher_params
 
   @abc.abstractmethod
-  def loss(self, params, frozen, batch, rng, stage):
-    """(scalar loss, metrics dict); pure, jitted by the trainer."""
+  def loss(self, params, frozen, batch, rng, stage, ema=None):
+    """(scalar loss, metrics dict); pure, jitted by the trainer; `ema` is the EMA of params."""
 
   @abc.abstractmethod
   def stages(self) -> list[Stage]:
     """The training schedule."""
+
+  def lr_scales(self, params):
+    """Per-leaf learning-rate factors (a pytree like params), e.g. one per network of a
+    two-network method; None = every leaf at optim.lr."""
+    return None
 
   def next_frozen(self, frozen, params):
     """`frozen` for the next stage, given the current stage's final params."""

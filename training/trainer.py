@@ -66,10 +66,15 @@ def train_step(method, tx, optim_config, ema_decay, state: TrainState, batch, st
   """One update: loss and gradient, Adam (skipped if non-finite), EMA, metrics."""
   rng = jax.random.fold_in(state.rng, state.step)
   (loss, metrics), grads = jax.value_and_grad(method.loss, has_aux=True)(
-      state.params, state.frozen, batch, rng, stage)
+      state.params, state.frozen, batch, rng, stage, ema=state.ema_params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   lr = learning_rate(optim_config, state.step - stage["first_step"], stage["num_updates"])
-  params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
+  scales = method.lr_scales(state.params)
+  if scales is None:
+    updates = jax.tree.map(lambda u: -lr * u, updates)
+  else:
+    updates = jax.tree.map(lambda u, f: -lr * f * u, updates, scales)
+  params = optax.apply_updates(state.params, updates)
   finite = opt_state.last_finite
   ema = jax.tree.map(lambda e, p: jnp.where(finite, ema_decay * e + (1.0 - ema_decay) * p, e),
                      state.ema_params, params)
@@ -102,14 +107,9 @@ class Trainer:
     self.config, self.workdir = config, workdir
     self.mesh = mesh or make_mesh()
     check_batch_size(self.mesh, config.batch_size)
-    # The data first: a missing dataset fails before anything compiles.
-    self.data_iter = data.make_train_iterator(config.data, config.batch_size, config.seed)
-    shape, _, _ = data.dataset_info(config.data)
-    if tuple(shape) != tuple(config.data.shape):
-      raise ValueError(f"data.shape={tuple(config.data.shape)} but {config.data.name!r} images "
-                       f"are {tuple(shape)}: start from that dataset's preset (e.g. "
-                       f"--config=configs/teacher.py:{config.data.name}).")
     self.method = get_method(config)
+    # The data first: a missing dataset fails before anything compiles.
+    self.data_iter = self._make_data_iterator()
     self.stages = self.method.stages()
     self._stage_args = {}
     self.bounds = _stage_bounds(self.stages)
@@ -135,6 +135,20 @@ class Trainer:
     self.manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints,
                                            keep_steps=self.bounds[1:])
     self._resume()
+
+  def _make_data_iterator(self):
+    """The training batches: the dataset's, or only example indices for a data-free method
+    (no dataset is opened)."""
+    config = self.config
+    if not self.method.needs_data:
+      return data.make_index_iterator(config.batch_size)
+    iterator = data.make_train_iterator(config.data, config.batch_size, config.seed)
+    shape, _, _ = data.dataset_info(config.data)
+    if tuple(shape) != tuple(config.data.shape):
+      raise ValueError(f"data.shape={tuple(config.data.shape)} but {config.data.name!r} images "
+                       f"are {tuple(shape)}: start from that dataset's preset (e.g. "
+                       f"--config=configs/teacher.py:{config.data.name}).")
+    return iterator
 
   def _resume(self):
     step, state = checkpoint.restore(self.manager, self.state, self.data_iter)
