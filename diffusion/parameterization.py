@@ -57,6 +57,15 @@ def from_velocity(o, z, t, process) -> Prediction:
   return Prediction(x=z - t * o, eps=z + (1.0 - t) * o)
 
 
+@register("signal")
+def from_signal(o, z, t, process) -> Prediction:
+  """BOOT's student g(eps, t): its z slot holds the noise eps (not z_t) and it predicts the
+  signal y_t = (z_t - sigma_t eps) / alpha_t of the DDIM trajectory from z_1 = eps:
+  x_hat = o, eps_hat = z. Any process; ddim_step(pred, alpha_t, sigma_t) is then z_t."""
+  del t, process
+  return Prediction(x=o, eps=z)
+
+
 def v_target(x, eps, t, process):
   """v = alpha eps - sigma x (the network output that `from_v` inverts)."""
   alpha, sigma = _scales(x, t, process)

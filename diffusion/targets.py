@@ -25,3 +25,19 @@ def ddim_target(z_t, z_s, alpha_t, sigma_t, alpha_s, sigma_s) -> Prediction:
   d = alpha_t * sigma_s - sigma_t * alpha_s
   return Prediction(x=(sigma_s * z_t - sigma_t * z_s) / d,
                     eps=(alpha_t * z_s - alpha_s * z_t) / d)
+
+
+def signal_step_size(alpha_t, sigma_t, alpha_s, sigma_s):
+  """BOOT's delta = 1 - (alpha_t sigma_s) / (sigma_t alpha_s) of a step t -> s (Gu et al. 2023);
+  exactly 1 at s = 0, where (alpha_s, sigma_s) = (1, 0) (sampling.steps.scales)."""
+  return 1.0 - (alpha_t * sigma_s) / (sigma_t * alpha_s)
+
+
+def signal_target(y_t, x_teacher, delta):
+  """One DDIM step t -> s in signal space: y_s = y_t + delta (x_teacher - y_t).
+
+  With z_t = alpha_t y_t + sigma_t eps and the teacher's x_teacher = f(z_t, t),
+  alpha_s y_s + sigma_s eps is exactly the DDIM step alpha_s x_teacher + sigma_s eps_teacher,
+  eps_teacher = (z_t - alpha_t x_teacher) / sigma_t.
+  """
+  return y_t + delta * (x_teacher - y_t)
