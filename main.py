@@ -63,7 +63,7 @@ def evaluate(config, workdir):
 
 
 def pipeline(config, workdir):
-  if "teacher_run" not in config:
+  if "parts" not in config:
     raise app.UsageError("--mode=pipeline needs --config=configs/pipeline.py[:preset].")
   from training.pipeline import run_pipeline
   run_pipeline(config, workdir)

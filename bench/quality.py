@@ -12,6 +12,11 @@ the teacher's reference samples. Writes to --out:
   report.json          the rows and the settings
   quality_vs_steps.png each metric against steps (log2 axis), one line per model
   grids/<row>.png      the first 64 samples of each row
+
+  python -m bench.quality --merge=runs/a/report/report.json,runs/b/report/report.json --out=DIR
+
+merges two (or more) reports into one table, refusing reports whose metric settings (sample
+count, seed, metrics, reference steps and reference statistics) differ.
 """
 import os
 
@@ -19,7 +24,7 @@ import jax
 from absl import app, flags
 
 from eval import quality_table
-from eval.report import quality_report
+from eval.report import merge_reports, quality_report
 
 flags.DEFINE_string("teacher", None, "Workdir of the teacher.")
 flags.DEFINE_list("students", [], "Workdirs of distilled students (e.g. progressive runs).")
@@ -37,7 +42,9 @@ flags.DEFINE_string("inception_weights", "", "FID Inception .npz ('' = the defau
 flags.DEFINE_integer("seed", 0, "Seed of the shared noise.")
 flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/diffusion_distillation_jax"),
                     "Persistent XLA compilation cache directory ('' to disable).")
-flags.mark_flags_as_required(["teacher", "out"])
+flags.DEFINE_list("merge", [], "report.json files to merge into one table in --out (refused "
+                  "when their metric settings differ); no evaluation.")
+flags.mark_flags_as_required(["out"])
 FLAGS = flags.FLAGS
 
 
@@ -46,11 +53,20 @@ def main(argv):
   if FLAGS.compilation_cache:
     jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  rows = quality_report(FLAGS.teacher, FLAGS.students, FLAGS.out, FLAGS.num_samples,
-                        FLAGS.batch_size, [int(n) for n in FLAGS.steps], FLAGS.reference_steps,
+  if FLAGS.merge:
+    rows = merge_reports(FLAGS.merge, FLAGS.out)
+    print(quality_table.format_table(rows))
+    print(f"wrote {FLAGS.out}/report.md, report.json and quality_vs_steps.png")
+    return
+  if not FLAGS.teacher:
+    raise app.UsageError("--teacher is required (or --merge=<report.json>,<report.json>).")
+  rows = quality_report(FLAGS.teacher, FLAGS.students, FLAGS.out, [int(n) for n in FLAGS.steps],
                         FLAGS.sampler, [float(w) for w in FLAGS.guidance_weights],
-                        FLAGS.metrics, FLAGS.classifier_dir, FLAGS.classifier_steps,
-                        FLAGS.inception_weights, FLAGS.seed)
+                        num_samples=FLAGS.num_samples, batch_size=FLAGS.batch_size,
+                        reference_steps=FLAGS.reference_steps, metrics=FLAGS.metrics,
+                        classifier_dir=FLAGS.classifier_dir,
+                        classifier_steps=FLAGS.classifier_steps,
+                        inception_weights=FLAGS.inception_weights, seed=FLAGS.seed)
   print(quality_table.format_table(rows))
   print(f"wrote {FLAGS.out}/report.md, report.json, quality_vs_steps.png and grids/")
 

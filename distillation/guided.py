@@ -92,6 +92,11 @@ class GuidedStage1(Method):
   def _stage1_args(self):
     return {"num_steps": self.config.distill.teacher_steps}
 
+  def teacher_evaluations_per_example(self, stage):
+    """Stage 1: the guided teacher (conditional + unconditional, one batched call); stage 2:
+    two steps of the w-conditioned stage-1 model."""
+    return 2.0
+
   def loss(self, params, frozen, batch, rng, stage, ema=None):
     losses = self._stage1_losses(params, frozen, batch, rng)
     return jnp.mean(losses), {"loss": jnp.mean(losses)}

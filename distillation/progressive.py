@@ -114,6 +114,10 @@ class ProgressiveDistillation(Method):
   def next_frozen(self, frozen, params):
     return params
 
+  def teacher_evaluations_per_example(self, stage):
+    """Two teacher DDIM steps per example."""
+    return 2.0
+
   def loss(self, params, frozen, batch, rng, stage, ema=None):
     cond_rng, loss_rng = jax.random.split(rng)
     cond = training_cond(self.config, batch, cond_rng)

@@ -59,6 +59,7 @@ class Entry:
   step: Optional[int] = None
   which: str = ""
   name: str = dataclasses.field(default="", compare=False)
+  reference: str = dataclasses.field(default="", compare=False)   # '' = the evaluator's
 
   @property
   def model(self) -> str:
@@ -177,12 +178,13 @@ class Evaluator:
     """Samples of a resolved entry (reference samples are drawn once and kept)."""
     return self._samples[entry] if entry in self._samples else self._draw(entry)
 
-  def reference(self, guidance_weight: float) -> Optional[np.ndarray]:
-    """The reference model's reference_steps-step DDIM images at w, or None without one."""
-    if not self.reference_workdir:
+  def reference(self, guidance_weight: float, workdir: str = "") -> Optional[np.ndarray]:
+    """The reference model's (`workdir`, default the evaluator's) reference_steps-step DDIM
+    images at w, or None without one."""
+    workdir = workdir or self.reference_workdir
+    if not workdir:
       return None
-    entry = self.resolve(Entry(self.reference_workdir, self.options.reference_steps, "ddim",
-                               guidance_weight))
+    entry = self.resolve(Entry(workdir, self.options.reference_steps, "ddim", guidance_weight))
     if entry not in self._samples:
       self._samples[entry] = self._draw(entry)
     return self._samples[entry].images
@@ -198,7 +200,7 @@ class Evaluator:
   def row(self, entry: Entry) -> dict:
     entry = self.resolve(entry)
     if "fidelity" in self.options.metrics:
-      self.reference(entry.guidance_weight)        # drawn first: it may be this very entry
+      self.reference(entry.guidance_weight, entry.reference)   # first: it may be this entry
     samples = self.samples(entry)
     row = dict(model=entry.model, workdir=entry.workdir, checkpoint_step=int(entry.step),
                params=entry.which, sampler=entry.sampler, steps=int(entry.num_steps),
@@ -207,7 +209,7 @@ class Evaluator:
                seconds_per_image=float(samples.seconds_per_image),
                num_samples=len(samples.images))
     for name in self.options.metrics:
-      row.update(METRICS[name](self, samples.config, samples.images, entry.guidance_weight))
+      row.update(METRICS[name](self, samples.config, samples.images, entry))
     if self.options.grid_dir:
       row["grid"] = os.path.join(self.options.grid_dir, row_name(row) + ".png")
       if jax.process_index() == 0:
@@ -216,7 +218,7 @@ class Evaluator:
 
 
 @register_metric("fd_dataset")
-def fd_dataset(evaluator: Evaluator, config, images, guidance_weight) -> dict:
+def fd_dataset(evaluator: Evaluator, config, images, entry: Entry) -> dict:
   """{'FD-<dataset>': FD of the classifier features of `images` to the test split's}."""
   features = evaluator.features("classifier", config)
   stats = reference.dataset_stats(features.fn, batches(images, evaluator.options.batch_size))
@@ -225,9 +227,9 @@ def fd_dataset(evaluator: Evaluator, config, images, guidance_weight) -> dict:
 
 
 @register_metric("fidelity")
-def fidelity_to_reference(evaluator: Evaluator, config, images, guidance_weight) -> dict:
+def fidelity_to_reference(evaluator: Evaluator, config, images, entry: Entry) -> dict:
   """{'fidelity_mse', 'fidelity_psnr'} against the reference samples from the same noise."""
-  reference_images = evaluator.reference(guidance_weight)
+  reference_images = evaluator.reference(entry.guidance_weight, entry.reference)
   if reference_images is None:
     return {}
   f = fidelity.fidelity(images, reference_images)
@@ -235,7 +237,7 @@ def fidelity_to_reference(evaluator: Evaluator, config, images, guidance_weight)
 
 
 @register_metric("fid")
-def fid_is(evaluator: Evaluator, config, images, guidance_weight) -> dict:
+def fid_is(evaluator: Evaluator, config, images, entry: Entry) -> dict:
   """{'FID'} (and {'IS', 'IS_std'} when the weights hold the classifier) with the FID Inception."""
   features = evaluator.features("inception", config)
   if features is None:

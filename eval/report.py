@@ -17,6 +17,7 @@ import os
 
 import jax
 import matplotlib
+from etils import epath
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -31,33 +32,53 @@ from training.method import get_method  # noqa: E402
 PLOTTED = ("FD-", "fidelity_psnr", "FID")
 
 
-def teacher_entries(workdir: str, steps, reference_steps: int, sampler: str, weights) -> list:
+def teacher_entries(workdir: str, steps, reference_steps: int, sampler: str, weights,
+                    name: str = "teacher") -> list:
   """The teacher's latest checkpoint at each of `steps` with `sampler`, then its DDIM reference."""
   config = sample_programs.sampling_config(checkpoint.read_config(workdir), sampler, 0.0)
   weights = sample_programs.guidance_weights_for(config, weights)
-  entries = [quality.Entry(workdir, n, sampler, w, name="teacher")
+  entries = [quality.Entry(workdir, n, sampler, w, name=name)
              for w in weights for n in sorted(set(steps))]
-  references = [quality.Entry(workdir, reference_steps, "ddim", w, name="teacher")
+  references = [quality.Entry(workdir, reference_steps, "ddim", w, name=name, reference=workdir)
                 for w in weights]
   return entries + [e for e in references if e not in entries]
 
 
-def student_entries(workdir: str, sampler: str, weights) -> list:
+def student_entries(workdir: str, sampler: str, weights, name: str = "",
+                    reference: str = "") -> list:
   """One entry per stage whose final checkpoint the workdir holds, with the stage's N."""
   saved = checkpoint.read_config(workdir)
   config = sample_programs.sampling_config(saved, sampler, 0.0)
   kept = set(checkpoint.require_checkpoint(workdir).all_steps())
   stages = get_method(config).stages()
   ends = np.cumsum([stage.num_updates for stage in stages]).tolist()
-  name = os.path.basename(os.path.normpath(workdir))
+  name = name or os.path.basename(os.path.normpath(workdir))
   entries = []
   for stage, end in zip(stages, ends):
     if end not in kept:
       logging.warning("%s keeps no checkpoint at the end of stage %r (step %d): skipped.",
                       workdir, stage.name, end)
       continue
-    entries += [quality.Entry(workdir, int(stage.args["num_steps"]), sampler, w, end, name=name)
+    entries += [quality.Entry(workdir, int(stage.args["num_steps"]), sampler, w, end, name=name,
+                              reference=reference)
                 for w in sample_programs.guidance_weights_for(config, weights)]
+  return entries
+
+
+def model_entries(workdir: str, name: str, steps=(), samplers=("ddim",), weights=(0.0,),
+                  reference: str = "") -> list:
+  """A model's rows: its latest checkpoint at each of `steps` with each sampler, or, with no
+  `steps`, every stage end at the stage's own N (a distilled student); fidelity against
+  `reference`'s samples ('' = the report's teacher)."""
+  entries = []
+  for sampler in samplers:
+    if steps:
+      config = sample_programs.sampling_config(checkpoint.read_config(workdir), sampler, 0.0)
+      entries += [quality.Entry(workdir, n, sampler, w, name=name, reference=reference)
+                  for w in sample_programs.guidance_weights_for(config, weights)
+                  for n in sorted(set(steps))]
+    else:
+      entries += student_entries(workdir, sampler, weights, name, reference)
   return entries
 
 
@@ -91,42 +112,91 @@ def plot(rows, path: str) -> str:
   return path
 
 
-def markdown(rows, teacher_workdir: str, options: quality.Options, out_dir: str,
-             plot_name: str) -> str:
+def metric_settings(options: quality.Options) -> dict:
+  """What makes two reports' metrics comparable: rows may be merged only when these agree."""
+  return dict(num_samples=options.num_samples, seed=options.seed, metrics=list(options.metrics),
+              reference_steps=options.reference_steps)
+
+
+def markdown(rows, title: str, settings: dict, out_dir: str, plot_name: str) -> str:
   """The report: settings, the table, the plot and links to the sample grids."""
   grids = "\n".join(f"- [{quality_table.row_name(r)}]({os.path.relpath(r['grid'], out_dir)})"
                     for r in rows if "grid" in r)
-  return (f"# Quality vs sampling steps\n\nTeacher: `{teacher_workdir}`. {options.num_samples} "
-          f"samples per row from the same noise (seed {options.seed}); fidelity against the "
-          f"teacher's {options.reference_steps}-step DDIM samples; NFE = network evaluations "
-          f"per sample; s/image after compilation.\n\n{quality_table.format_table(rows)}\n\n"
-          f"![quality vs steps]({plot_name})\n\nSample grids:\n{grids}\n")
+  header = "\n".join(f"- {k}: {v}" for k, v in settings.items())
+  return (f"# {title}\n\nEvery row's samples come from the same noise; fidelity is against the "
+          f"row's reference model's reference_steps-step DDIM samples; NFE = network "
+          f"evaluations per sample; s/image after compilation.\n\n{header}\n\n"
+          f"{quality_table.format_table(rows)}\n\n![quality vs steps]({plot_name})\n\n"
+          f"Sample grids:\n{grids}\n")
 
 
-def quality_report(teacher_workdir: str, student_workdirs, out_dir: str, num_samples: int = 500,
-                   batch_size: int = 250, steps=(1, 2, 4, 8, 16, 32, 64),
-                   reference_steps: int = 256, sampler: str = "ddim", guidance_weights=(0.0,),
-                   metrics=("fd_dataset", "fidelity"), classifier_dir: str = "",
-                   classifier_steps: int = 500, inception_weights: str = "", seed: int = 0,
-                   mesh=None) -> list[dict]:
-  """Evaluate the teacher and students (see the module docstring), write the report files to
-  `out_dir` and return the rows."""
-  options = quality.Options(num_samples=num_samples, batch_size=batch_size,
-                            metrics=tuple(metrics), reference_steps=reference_steps,
-                            classifier_dir=classifier_dir, classifier_steps=classifier_steps,
-                            inception_weights=inception_weights, seed=seed,
-                            grid_dir=os.path.join(out_dir, "grids"))
-  entries = teacher_entries(teacher_workdir, steps, reference_steps, sampler, guidance_weights)
-  for workdir in student_workdirs:
-    entries += student_entries(workdir, sampler, guidance_weights)
-  rows = quality.evaluate(entries, options, teacher_workdir, mesh)
+def write_report(rows, options: quality.Options, out_dir: str, title: str,
+                 settings: dict, **extra) -> None:
+  """report.md, report.json (rows, options, settings, `extra`) and the plot in `out_dir`;
+  process 0 writes."""
   if jax.process_index() != 0:   # every host evaluates (sharded); one writes
-    return rows
+    return
   os.makedirs(out_dir, exist_ok=True)
   plot(rows, os.path.join(out_dir, "quality_vs_steps.png"))
   with open(os.path.join(out_dir, "report.json"), "w") as f:
-    json.dump(dict(teacher=teacher_workdir, students=list(student_workdirs),
-                   options=dataclasses.asdict(options), rows=rows), f, indent=1)
+    json.dump(dict(extra, title=title, settings=settings, options=dataclasses.asdict(options),
+                   rows=rows), f, indent=1)
   with open(os.path.join(out_dir, "report.md"), "w") as f:
-    f.write(markdown(rows, teacher_workdir, options, out_dir, "quality_vs_steps.png"))
+    f.write(markdown(rows, title, settings, out_dir, "quality_vs_steps.png"))
+
+
+def report_options(out_dir: str, num_samples: int = 500, batch_size: int = 250,
+                   reference_steps: int = 256, metrics=("fd_dataset", "fidelity"),
+                   classifier_dir: str = "", classifier_steps: int = 500,
+                   inception_weights: str = "", seed: int = 0) -> quality.Options:
+  """The evaluation options of a report whose grids go to <out_dir>/grids."""
+  return quality.Options(num_samples=num_samples, batch_size=batch_size,
+                         metrics=tuple(metrics), reference_steps=reference_steps,
+                         classifier_dir=classifier_dir, classifier_steps=classifier_steps,
+                         inception_weights=inception_weights, seed=seed,
+                         grid_dir=os.path.join(out_dir, "grids"))
+
+
+def quality_report(teacher_workdir: str, student_workdirs, out_dir: str, steps=(1, 2, 4, 8, 16, 32, 64),
+                   sampler: str = "ddim", guidance_weights=(0.0,), mesh=None,
+                   **option_kwargs) -> list[dict]:
+  """Evaluate the teacher and students (see the module docstring), write the report files to
+  `out_dir` and return the rows; `option_kwargs` go to `report_options`."""
+  options = report_options(out_dir, **option_kwargs)
+  entries = teacher_entries(teacher_workdir, steps, options.reference_steps, sampler,
+                            guidance_weights)
+  for workdir in student_workdirs:
+    entries += student_entries(workdir, sampler, guidance_weights)
+  rows = quality.evaluate(entries, options, teacher_workdir, mesh)
+  write_report(rows, options, out_dir, f"Quality vs sampling steps of `{teacher_workdir}`",
+               metric_settings(options), teacher=teacher_workdir,
+               students=list(student_workdirs))
+  return rows
+
+
+class IncomparableReportsError(ValueError):
+  """Reports whose metric settings differ cannot share a table."""
+
+
+def merge_reports(paths, out_dir: str) -> list[dict]:
+  """The rows of several report.json files in one report in `out_dir`; an error naming the
+  differing settings unless every report's metric `settings` agree."""
+  reports = []
+  for path in paths:
+    with epath.Path(path).open() as f:
+      reports.append(json.load(f))
+  first = reports[0]["settings"]
+  for path, report in zip(paths[1:], reports[1:]):
+    other = report["settings"]
+    differ = [f"{k} ({first.get(k)!r} vs {other.get(k)!r})"
+              for k in sorted(set(first) | set(other)) if first.get(k) != other.get(k)]
+    if differ:
+      raise IncomparableReportsError(
+          f"{paths[0]} and {path} differ in {', '.join(differ)}: their metrics are not "
+          f"comparable; evaluate both with the same settings.")
+  rows = [row for report in reports for row in report["rows"]]
+  options = quality.Options(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in reports[0]["options"].items()})
+  write_report(rows, options, out_dir, "Merged quality report", dict(first),
+               merged=[str(p) for p in paths])
   return rows

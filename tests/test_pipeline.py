@@ -2,30 +2,54 @@
 import json
 import os
 
-import ml_collections
+import pytest
 
+from configs.pipeline import pipeline_config, row_spec
 from configs.progressive import distill_config
+from eval.report import (IncomparableReportsError, merge_reports, metric_settings,
+                         report_options, write_report)
 from tests.tiny_config import tiny_teacher_config
-from training.pipeline import run_pipeline
+from training.pipeline import part_order, run_pipeline
+
+
+def tiny_pipeline(tmp_path):
+  return pipeline_config(
+      parts=dict(teacher=tiny_teacher_config(num_train_steps=4),
+                 progressive=distill_config(tiny_teacher_config(), teacher_steps=4,
+                                            steps_per_stage=2, lr=1e-3, fidelity_samples=8)),
+      teachers=dict(progressive="teacher"),
+      rows=dict(teacher=row_spec((1, 4)), progressive=row_spec()),
+      num_samples=16, batch_size=8, reference_steps=8, classifier_steps=20,
+      classifier_dir=str(tmp_path / "classifier"))
+
+
+def test_parts_run_after_their_teachers(tmp_path):
+  config = tiny_pipeline(tmp_path)
+  assert part_order(config) == ["teacher", "progressive"]
+  with config.teachers.unlocked():
+    config.teachers.teacher = "progressive"
+  with pytest.raises(ValueError, match="cycle"):
+    part_order(config)
+  with config.teachers.unlocked():
+    config.teachers.teacher = "nowhere"
+  with pytest.raises(ValueError, match="do not exist"):
+    part_order(config)
 
 
 def test_pipeline_writes_every_part_and_resumes(tmp_path):
-  config = ml_collections.ConfigDict()
-  config.teacher_run = tiny_teacher_config(num_train_steps=4)
-  config.distill_run = distill_config(tiny_teacher_config(), teacher_steps=4, steps_per_stage=2,
-                                      lr=1e-3, fidelity_samples=8)
-  config.report = ml_collections.ConfigDict(dict(num_samples=16, batch_size=8,
-                                                 reference_steps=8, steps=(1, 4),
-                                                 classifier_steps=20,
-                                                 classifier_dir=str(tmp_path / "classifier")))
+  config = tiny_pipeline(tmp_path)
   workdir = str(tmp_path)
   rows = run_pipeline(config, workdir)
-  students = [r for r in rows if r["model"] != "teacher"]
-  assert sorted(r["steps"] for r in students) == [1, 2]
+  assert [(r["model"], r["steps"]) for r in rows] == [
+      ("teacher", 1), ("teacher", 4), ("progressive", 2), ("progressive", 1), ("teacher", 8)]
   for part in ("teacher", "progressive"):
     assert os.listdir(os.path.join(workdir, part, "checkpoints"))
+  # Training cost: updates of the whole schedule, 2 teacher evaluations per example-update.
+  assert {r["model"]: (r["train_updates"], r["teacher_evaluations"]) for r in rows} == {
+      "teacher": (4, 0), "progressive": (4, 4 * 16 * 2)}
   report = json.load(open(os.path.join(workdir, "report", "report.json")))
   assert len(report["rows"]) == len(rows)
+  assert report["parts"] == {"teacher": "teacher", "progressive": "progressive"}
   assert os.path.exists(os.path.join(workdir, "report", "quality_vs_steps.png"))
   assert sorted(json.load(open(os.path.join(workdir, "progressive", "stage_metrics.json")))) == [
       "1steps", "2steps"]
@@ -39,3 +63,26 @@ def test_pipeline_writes_every_part_and_resumes(tmp_path):
     assert sorted(os.listdir(os.path.join(workdir, part, "checkpoints"))) == steps[part]
     assert os.path.getmtime(os.path.join(workdir, part, "checkpoints", steps[part][-1])) == stamps[part]
   assert [r["steps"] for r in again] == [r["steps"] for r in rows]
+  for key in ("FD-digits", "fidelity_psnr"):
+    assert [r[key] for r in again] == [r[key] for r in rows]
+
+
+def _report(path, num_samples, model):
+  row = dict(model=model, checkpoint_step=1, sampler="ddim", steps=1, guidance_weight=0.0,
+             nfe=1, seconds_per_image=0.1, fidelity_psnr=20.0)
+  options = report_options(str(path), num_samples=num_samples)
+  write_report([row], options, str(path), "t", metric_settings(options))
+  return str(path / "report.json")
+
+
+def test_merge_refuses_reports_with_different_metric_settings(tmp_path):
+  a = _report(tmp_path / "a", 500, "one")
+  b = _report(tmp_path / "b", 500, "two")
+  c = _report(tmp_path / "c", 1000, "three")
+  rows = merge_reports([a, b], str(tmp_path / "merged"))
+  assert [r["model"] for r in rows] == ["one", "two"]
+  merged = json.load(open(tmp_path / "merged" / "report.json"))
+  assert merged["merged"] == [a, b] and len(merged["rows"]) == 2
+  with pytest.raises(IncomparableReportsError, match=r"num_samples \(500 vs 1000\)"):
+    merge_reports([a, c], str(tmp_path / "refused"))
+  assert not (tmp_path / "refused").exists()

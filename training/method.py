@@ -82,6 +82,11 @@ class Method(abc.ABC):
     two-network method; None = every leaf at optim.lr."""
     return None
 
+  def teacher_evaluations_per_example(self, stage: Stage) -> float:
+    """Teacher network evaluations per training example in one update of `stage` (the
+    training cost the comparison report shows); 0 for methods that learn from data."""
+    return 0.0
+
   def next_frozen(self, frozen, params):
     """`frozen` for the next stage, given the current stage's final params."""
     return frozen

@@ -1,24 +1,104 @@
-"""`--mode=pipeline`: teacher -> progressive distillation -> quality report, resumable."""
-import os
+"""`--mode=pipeline`: train every part of a configs/pipeline.py preset, then one report.
 
+Parts run teachers first (each part's `teacher.workdir` is set to its teacher part's
+workdir), each in <workdir>/<part>, resuming from its own checkpoints: a finished part
+restarts at its last step and returns at once. After each part's run, its training cost is
+added to <workdir>/<part>/train_cost.json (wall-clock seconds of every sitting, updates,
+teacher network evaluations). The report (<workdir>/report) has a row per (part, steps,
+sampler, w), with the part's training cost beside its metrics.
+"""
+import json
+import time
+
+import jax
 from absl import logging
+from etils import epath
 
-from eval.report import quality_report
+from eval import quality
+from eval.report import metric_settings, model_entries, report_options, write_report
+from training.method import get_method
 from training.trainer import train
 
+COST_FILE = "train_cost.json"
 
-def run_pipeline(config, workdir: str):
-  """Run the three parts in <workdir>/{teacher,progressive,report}; finished parts are skipped
-  (the trainer resumes from the last checkpoint, which is the end)."""
-  teacher_dir = os.path.join(workdir, "teacher")
-  student_dir = os.path.join(workdir, "progressive")
-  logging.info("pipeline 1/3: teacher in %s", teacher_dir)
-  train(config.teacher_run, teacher_dir)
-  distill_run = config.distill_run
-  with distill_run.unlocked():
-    distill_run.teacher.workdir = teacher_dir
-  logging.info("pipeline 2/3: progressive distillation in %s", student_dir)
-  train(distill_run, student_dir)
-  report_dir = os.path.join(workdir, "report")
-  logging.info("pipeline 3/3: quality report in %s", report_dir)
-  return quality_report(teacher_dir, [student_dir], report_dir, **config.report)
+
+def part_order(config) -> list[str]:
+  """The parts, each after its teacher part (ties in name order); an error for a cycle or a
+  teacher that is not a part."""
+  teachers = dict(config.teachers)
+  unknown = sorted(f"{p} -> {t}" for p, t in teachers.items()
+                   if p not in config.parts or t not in config.parts)
+  if unknown:
+    raise ValueError(f"pipeline teachers {unknown} name parts that do not exist; parts: "
+                     f"{sorted(config.parts)}.")
+  order, pending = [], sorted(config.parts)
+  while pending:
+    ready = [p for p in pending if teachers.get(p) in (None, *order)]
+    if not ready:
+      raise ValueError(f"pipeline teachers form a cycle among {pending}.")
+    order.append(ready[0])
+    pending.remove(ready[0])
+  return order
+
+
+def part_run_config(config, part: str, workdir: str):
+  """The part's run config with its teacher's workdir filled in."""
+  run = config.parts[part].copy_and_resolve_references()
+  if part in config.teachers:
+    with run.unlocked():
+      run.teacher.workdir = str(epath.Path(workdir) / config.teachers[part])
+  return run
+
+
+def training_cost(run_config, seconds: float) -> dict:
+  """Updates and teacher network evaluations of a run's whole schedule, and `seconds`."""
+  method = get_method(run_config)
+  stages = method.stages()
+  updates = sum(stage.num_updates for stage in stages)
+  teacher_evaluations = sum(stage.num_updates * run_config.batch_size *
+                            method.teacher_evaluations_per_example(stage) for stage in stages)
+  return dict(train_updates=updates, teacher_evaluations=int(teacher_evaluations),
+              train_seconds=round(seconds, 1))
+
+
+def record_cost(run_config, part_dir: epath.Path, seconds: float) -> dict:
+  """Add this sitting's `seconds` to <part_dir>/train_cost.json; returns the cost."""
+  path = part_dir / COST_FILE
+  before = json.loads(path.read_text())["train_seconds"] if path.exists() else 0.0
+  cost = training_cost(run_config, before + seconds)
+  if jax.process_index() == 0:
+    path.write_text(json.dumps(cost, indent=1))
+  return cost
+
+
+def run_pipeline(config, workdir: str) -> list[dict]:
+  """Train every part (see the module docstring), then evaluate and write the report."""
+  root = epath.Path(workdir)
+  order = part_order(config)
+  costs = {}
+  for i, part in enumerate(order):
+    run = part_run_config(config, part, workdir)
+    logging.info("pipeline %d/%d: %s (%s) in %s", i + 1, len(order) + 1, part, run.method,
+                 root / part)
+    start = time.time()
+    train(run, str(root / part))
+    costs[part] = record_cost(run, root / part, time.time() - start)
+  report_dir = root / "report"
+  logging.info("pipeline %d/%d: quality report in %s", len(order) + 1, len(order) + 1,
+               report_dir)
+  options = report_options(str(report_dir), **config.report)
+  entries = []
+  for part in order:
+    spec = config.rows[part]
+    entries += model_entries(str(root / part), part, spec.steps, spec.samplers,
+                             spec.guidance_weights, str(root / spec.reference))
+  references = {(r.reference, r.guidance_weight) for r in entries}
+  entries += [e for e in (quality.Entry(workdir, options.reference_steps, "ddim", w,
+                                        name=epath.Path(workdir).name, reference=workdir)
+                          for workdir, w in sorted(references)) if e not in entries]
+  rows = quality.evaluate(entries, options, mesh=None)
+  rows = [dict(row, **costs[row["model"]]) for row in rows]
+  write_report(rows, options, str(report_dir), f"Quality of every part of the pipeline in "
+               f"`{root}`", metric_settings(options),
+               parts={p: config.parts[p].method for p in order})
+  return rows
