@@ -1,7 +1,9 @@
 """Denoising losses: x-space MSE weighted by a function of the logSNR lambda.
 
 snr: w = exp(lambda) (= eps-MSE); snr+1: w = exp(lambda) + 1 (= v-MSE);
-truncated_snr: w = max(exp(lambda), 1); constant: w = 1 (plain x-MSE).
+truncated_snr: w = max(exp(lambda), 1); constant: w = 1 (plain x-MSE);
+edm: w = exp(lambda) + 1 / sigma_data^2 with sigma_data = 0.5 (Karras et al.'s
+(sigma^2 + sigma_data^2) / (sigma sigma_data)^2 at sigma = exp(-lambda / 2)).
 """
 import jax.numpy as jnp
 
@@ -13,6 +15,7 @@ WEIGHTINGS.update({
     "snr+1": lambda lam: jnp.exp(lam) + 1.0,
     "truncated_snr": lambda lam: jnp.maximum(jnp.exp(lam), 1.0),
     "constant": lambda lam: jnp.ones_like(lam),
+    "edm": lambda lam: jnp.exp(lam) + 4.0,
 })
 get_weighting = WEIGHTINGS.lookup
 

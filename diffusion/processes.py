@@ -41,6 +41,10 @@ class Process(abc.ABC):
     """The scalar the network is conditioned on (its time embedding input)."""
     return self.logsnr(t)
 
+  def time_of_logsnr(self, logsnr):
+    """The t in [0, 1] with lambda_t = logsnr (the inverse schedule; clipped to [0, 1])."""
+    raise NotImplementedError(f"{type(self).__name__} has no inverse schedule.")
+
   def noise(self, x, t, eps):
     """z_t = alpha_t x + sigma_t eps, with t of shape (B,)."""
     alpha, sigma = self.alpha_sigma(broadcast_to(t, x))
@@ -69,6 +73,13 @@ class CosineVP(Process):
     lam = self.logsnr(t)
     return jnp.sqrt(jax.nn.sigmoid(lam)), jnp.sqrt(jax.nn.sigmoid(-lam))
 
+  def time_of_logsnr(self, logsnr):
+    """t = (arctan(exp(-(lambda + shift) / 2)) - b) / a."""
+    b = jnp.arctan(jnp.exp(-0.5 * self.logsnr_max))
+    a = jnp.arctan(jnp.exp(-0.5 * self.logsnr_min)) - b
+    lam = jnp.asarray(logsnr, jnp.float32) + self.shift
+    return jnp.clip((jnp.arctan(jnp.exp(-0.5 * lam)) - b) / a, 0.0, 1.0)
+
 
 def shifted_cosine(resolution: int, base_resolution: int, power: float = 1.0,
                    **kwargs) -> CosineVP:
@@ -93,3 +104,16 @@ class LinearFlow(Process):
   def network_time(self, t):
     return jnp.asarray(t, jnp.float32)
 
+  def time_of_logsnr(self, logsnr):
+    """t = sigmoid(-lambda / 2) (sigma / alpha = t / (1 - t) = exp(-lambda / 2))."""
+    return jax.nn.sigmoid(-0.5 * jnp.asarray(logsnr, jnp.float32))
+
+
+def karras_logsnr(u, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0):
+  """logSNR of the EDM (Karras et al. 2022) noise ladder at position u in [0, 1]:
+
+  sigma(u) = (sigma_min^(1/rho) + u (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho, with
+  sigma = sigma_t / alpha_t, so lambda = -2 log sigma (u = 0: sigma_min, u = 1: sigma_max).
+  """
+  lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+  return -2.0 * rho * jnp.log(lo + jnp.asarray(u, jnp.float32) * (hi - lo))
