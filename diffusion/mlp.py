@@ -1,7 +1,9 @@
 """A small MLP denoiser network for low-dimensional data (fast algorithm tests)."""
 import flax.linen as nn
+import jax
 
 from diffusion.embeddings import ConditionEmbedding
+from diffusion.heads import with_extra_heads
 
 
 class MLP(nn.Module):
@@ -11,6 +13,7 @@ class MLP(nn.Module):
   num_classes: int = 0
   guidance: bool = False
   dropout: float = 0.0
+  output_heads: int = 1   # > 1: a tuple (main output, MLPHead 2, ...) from one forward
 
   @nn.compact
   def __call__(self, z, time, label=None, w=None, train: bool = False):
@@ -22,4 +25,15 @@ class MLP(nn.Module):
       h = h + nn.Dense(self.hidden)(nn.swish(nn.LayerNorm()(h)))
       h = nn.Dropout(self.dropout, deterministic=not train)(h)
     o = nn.Dense(z.shape[-1], kernel_init=nn.initializers.zeros)(nn.swish(h))
-    return o.reshape(shape)
+    heads = with_extra_heads(o, h, self.output_heads, lambda name: MLPHead(z.shape[-1], name=name))
+    return jax.tree.map(lambda a: a.reshape(shape), heads)
+
+
+class MLPHead(nn.Module):
+  """An extra output on the last hidden features: LayerNorm -> swish -> zero-initialised
+  Dense (the MLP's analogue of the UNet's OutputHead)."""
+  features: int
+
+  @nn.compact
+  def __call__(self, h):
+    return nn.Dense(self.features, kernel_init=nn.initializers.zeros)(nn.swish(nn.LayerNorm()(h)))

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from diffusion.embeddings import ConditionEmbedding
+from diffusion.heads import with_extra_heads
 
 zeros = nn.initializers.zeros
 
@@ -57,6 +58,7 @@ class UNet(nn.Module):
   dropout: float = 0.0
   num_classes: int = 0
   guidance: bool = False
+  output_heads: int = 1   # > 1: a tuple (main output, OutputHead 2, ...) from one forward
 
   @nn.compact
   def __call__(self, z, time, label=None, w=None, train: bool = False):
@@ -88,7 +90,18 @@ class UNet(nn.Module):
         h = jax_resize(h, (b, 2 * hh, 2 * ww, c))
         h = nn.Conv(c, (3, 3))(h)
     assert not skips
-    return nn.Conv(z.shape[-1], (3, 3), kernel_init=zeros)(nn.swish(norm(h)))
+    o = nn.Conv(z.shape[-1], (3, 3), kernel_init=zeros)(nn.swish(norm(h)))
+    return with_extra_heads(o, h, self.output_heads, lambda name: OutputHead(z.shape[-1], name=name))
+
+
+class OutputHead(nn.Module):
+  """An extra output on the last decoder features: GroupNorm -> swish -> zero-initialised
+  3x3 conv (CUD's Runge-Kutta heads), so it starts at exactly zero."""
+  channels: int
+
+  @nn.compact
+  def __call__(self, h):
+    return nn.Conv(self.channels, (3, 3), kernel_init=zeros)(nn.swish(norm(h)))
 
 
 def jax_resize(x, shape):
