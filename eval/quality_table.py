@@ -16,13 +16,17 @@ HEADERS = {"model": "model", "checkpoint_step": "ckpt", "sampler": "sampler", "s
            "guidance_weight": "w", "nfe": "NFE", "seconds_per_image": "s/image",
            "fidelity_psnr": "PSNR (dB)", "fidelity_mse": "MSE"}
 METRIC_COLUMNS = ("FID", "IS", "fidelity_psnr", "fidelity_mse")
+# Training cost of a pipeline part (training/pipeline.py), after the metrics.
+COST_COLUMNS = ("train_updates", "teacher_evaluations", "train_seconds")
+HEADERS.update(train_updates="updates", teacher_evaluations="teacher evals",
+               train_seconds="train s")
 
 
 def table_columns(rows) -> list[str]:
   """The descriptive columns, then the metrics the rows hold (FD-<dataset> first)."""
   present = {k for row in rows for k in row}
   fd = sorted(k for k in present if k.startswith("FD-"))
-  return list(HEADERS)[:7] + fd + [k for k in METRIC_COLUMNS if k in present]
+  return (list(HEADERS)[:7] + fd + [k for k in METRIC_COLUMNS + COST_COLUMNS if k in present])
 
 
 def _cell(value) -> str:

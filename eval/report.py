@@ -8,7 +8,7 @@ keeps every stage end). Every row is drawn from the same noise,
 and fidelity is against the teacher's reference samples. Writes to out_dir:
   report.md            the table (steps, NFE, wall time per image, FD-<dataset>, PSNR, ...)
   report.json          the rows and the settings
-  quality_vs_steps.png each metric against steps (log2 axis), one line per model
+  quality_vs_steps.png each metric against NFE (log2 axis), one line per model
   grids/<row>.png      the first 64 samples of each row
 """
 import dataclasses
@@ -84,8 +84,8 @@ def model_entries(workdir: str, name: str, steps=(), samplers=("ddim",), weights
 
 def plot(rows, path: str) -> str:
   """One panel per metric (FD-<dataset> and FID on a log scale, fidelity PSNR; else the time
-  per image) against steps, one line per (model, sampler, w); non-finite values (PSNR of the
-  reference itself) are left out."""
+  per image) against network evaluations per sample (NFE), one line per (model, sampler, w),
+  every method on one figure; non-finite values (PSNR of the reference itself) are left out."""
   columns = quality_table.table_columns(rows)
   metrics = [k for k in columns if k.startswith(PLOTTED)] or ["seconds_per_image"]
   lines = {}
@@ -94,7 +94,7 @@ def plot(rows, path: str) -> str:
   fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
   for ax, metric in zip(axes[0], metrics):
     for (model, sampler, w), line in lines.items():
-      points = sorted((r["steps"], r.get(metric, np.nan)) for r in line)
+      points = sorted((r["nfe"], r.get(metric, np.nan)) for r in line)
       x, y = zip(*[(n, v if np.isfinite(v) else np.nan) for n, v in points])
       ax.plot(x, y, marker="o", label=f"{model} ({sampler}" + (f", w={w:g})" if w else ")"))
     ax.set_xscale("log", base=2)
@@ -102,7 +102,7 @@ def plot(rows, path: str) -> str:
       ax.set_yscale("log")
       for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
         axis_format(matplotlib.ticker.FormatStrFormatter("%g"))
-    ax.set_xlabel("sampling steps")
+    ax.set_xlabel("network evaluations per sample (NFE)")
     ax.set_ylabel(quality_table.HEADERS.get(metric, metric))
     ax.grid(True, alpha=0.3)
   axes[0][0].legend()
