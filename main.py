@@ -4,9 +4,14 @@
   python main.py --mode=sample --workdir=runs/digits --config.sample.num_steps=16
 
 Any config key can be overridden with --config.<key>=<value>; an unknown key is an error.
+
+Exit status: 0 when done; EXIT_STOPPED_EARLY (75, sysexits' EX_TEMPFAIL: "try again") when a
+SIGTERM (a preemption) stopped training or a pipeline part before its end, with every
+checkpoint saved and no later pipeline part started: rerun the same command to continue.
 """
 import logging as std_logging
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -24,6 +29,8 @@ flags.DEFINE_bool("distributed", False,
 flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/diffusion_distillation_jax"),
                     "Persistent XLA compilation cache directory ('' to disable).")
 flags.mark_flags_as_required(["workdir"])
+
+EXIT_STOPPED_EARLY = 75
 
 
 class QuietLibraries(std_logging.Filter):
@@ -44,7 +51,12 @@ def main(argv):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   logging.info("JAX process %d/%d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
-  MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+  from training.trainer import StoppedEarly
+  try:
+    MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+  except StoppedEarly as e:
+    logging.warning("%s", e)
+    sys.exit(EXIT_STOPPED_EARLY)
 
 
 def train(config, workdir):
@@ -62,6 +74,11 @@ def evaluate(config, workdir):
   evaluate_workdir(workdir, config.eval)
 
 
+def pairs(config, workdir):
+  from training.offline_run import write_offline_data
+  write_offline_data(config, workdir)
+
+
 def pipeline(config, workdir):
   if "parts" not in config:
     raise app.UsageError("--mode=pipeline needs --config=configs/pipeline.py[:preset].")
@@ -69,9 +86,12 @@ def pipeline(config, workdir):
   run_pipeline(config, workdir)
 
 
-MODES = {"train": train, "sample": sample, "eval": evaluate, "pipeline": pipeline}
+MODES = {"train": train, "sample": sample, "eval": evaluate, "pairs": pairs,
+         "pipeline": pipeline}
 flags.DEFINE_enum("mode", "train", list(MODES),
-                  "What to do (pipeline: teacher, distillation and report; use configs/pipeline.py).")
+                  "What to do (pairs: write the offline teacher samples a method such as "
+                  "denoising_student trains on, resumable; pipeline: teacher, distillation and "
+                  "report; use configs/pipeline.py).")
 
 FLAGS = flags.FLAGS
 

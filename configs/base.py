@@ -27,7 +27,9 @@ def base_config(dataset: str = "digits") -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(dict(
       name="unet", ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
-      num_heads=1, dropout=0.0, num_classes=0, guidance=False))
+      num_heads=1, dropout=0.0, num_classes=0, guidance=False, dtype="float32"))
+  # model.dtype: the compute dtype ('bfloat16' on accelerators); parameters, optimizer state
+  # and the loss stay float32.
 
   c.diffusion = ml_collections.ConfigDict(dict(
       process="cosine", parameterization="v", weighting="snr+1",
@@ -44,20 +46,34 @@ def base_config(dataset: str = "digits") -> ml_collections.ConfigDict:
   c.sample_every_steps = 500
   c.keep_checkpoints = 3     # the latest ones; the last checkpoint of every stage is kept too
   c.max_nonfinite_in_row = 20
+  # Every eval_every_steps (0 = never) the method's held-out loss of the EMA params is logged
+  # and the checkpoint saved with it; the one with the lowest is kept besides the latest.
+  c.eval_every_steps = 0
+  # Offline teacher samples of methods that train on them ('' = <workdir>/pairs; --mode=pairs).
+  c.offline_dir = ""
 
   c.sample = ml_collections.ConfigDict(dict(
       sampler="ddim", num_steps=64, time_grid="uniform", guidance_weight=0.0,
-      num_samples=64, batch_size=64, labels="", use_ema=True))
+      num_samples=64, batch_size=64, labels="", use_ema=True, checkpoint="best"))
+  # Clip x_hat to the data range [-1, 1] at every sampler step (as the reference progressive-
+  # distillation code evaluates, `eval_clip_denoised`); distillation targets are never clipped.
+  c.sample.clip_x = True
 
-  c.teacher = ml_collections.ConfigDict(dict(workdir=""))
+  # A distillation's teacher: its workdir, and whether a teacher whose latest checkpoint is
+  # short of the end of its schedule may be used (an error by default).
+  c.teacher = ml_collections.ConfigDict(dict(workdir="", allow_unfinished=False))
 
   # --mode=eval (training/evaluate_checkpoint.py, eval/quality.py): lists are comma-separated;
   # guidance weights apply to class-conditional models; '' dirs = the defaults; the classifier
-  # is trained (classifier_steps) when missing; metrics from fd_dataset, fidelity, fid.
+  # is trained (classifier_steps) when missing; metrics from fd_dataset, fidelity, fid;
+  # reference_split: the dataset split whose statistics FD-<dataset> and FID compare against
+  # (the training split, as published CIFAR-10 / ImageNet FIDs do). checkpoint (here and in
+  # `sample`): 'best' (lowest held-out loss, else the latest), 'latest' or a step number.
   c.eval = ml_collections.ConfigDict(dict(
       samplers="ddim", num_steps="1,2,4,8,16", guidance_weights="0", num_samples=1000,
       batch_size=250, metrics="fd_dataset,fidelity", reference_steps=256, classifier_dir="",
-      classifier_steps=500, inception_weights="", seed=0))
+      classifier_steps=500, inception_weights="", seed=0, reference_split="train",
+      checkpoint="best"))
   return c
 
 

@@ -5,11 +5,10 @@ import jax.numpy as jnp
 
 from diffusion.networks import init_params
 from eval.fidelity import fidelity
-from sampling import SAMPLERS, get_sampler, guided
+from sampling import decoders, get_sampler, guided
+from sampling.guidance import is_static_zero
+from training.mesh import constrain_batch
 from training.pretrained import check_same_structure
-
-# Samplers that map data to noise: they cannot draw images from z_1 ~ N(0, I).
-ENCODERS = ("ddim_encode",)
 
 
 def require_sections(config, sections, usage: str):
@@ -79,6 +78,23 @@ def sample_cond(config, num_samples: int, guidance_weight):
   return cond
 
 
+def initial_noise(config, rng, num_samples: int):
+  """(z_1 ~ N(0, I) of shape (num_samples,) + data.shape, the sampler's rng), split from rng
+  the same way for every method, so students and teachers sample from the same noise."""
+  noise_rng, sampler_rng = jax.random.split(rng)
+  z = jax.random.normal(noise_rng, (num_samples,) + tuple(config.data.shape))
+  return constrain_batch(z), sampler_rng   # split over the devices under jax.set_mesh
+
+
+def one_step_x(denoise, parameterization: str, params, z, cond=None, rng=None):
+  """A one-step student's sample from pure noise z, read out of the network at t = 1: the
+  parameterization's x_hat (v: alpha_1 z - sigma_1 o; x: o; velocity: z - o), except for eps
+  networks the residual map x = z - eps_hat, since (z - sigma eps_hat) / alpha would divide
+  by alpha_1 (4.5e-5 for the cosine schedule). `rng` turns on dropout."""
+  pred = denoise(params, z, jnp.ones(z.shape[:1], jnp.float32), cond, rng=rng)
+  return z - pred.eps if parameterization == "eps" else pred.x
+
+
 def sample_images(config, denoise, process, params, rng, num_samples: int, num_steps,
                   guidance_weight=None):
   """Images from `config.sample.sampler` with `num_steps` steps, starting at z_1 ~ N(0, I).
@@ -87,18 +103,17 @@ def sample_images(config, denoise, process, params, rng, num_samples: int, num_s
   `sample.guidance_weight`) is non-zero, classifier-free guidance.
   """
   sc = config.sample
-  if sc.sampler in ENCODERS:
+  if get_sampler(sc.sampler).maps_data_to_noise:
     raise ValueError(f"sample.sampler={sc.sampler!r} maps data to noise; it cannot draw samples "
-                     f"from noise: choose one of {sorted(set(SAMPLERS) - set(ENCODERS))}.")
+                     f"from noise: choose one of {decoders()}.")
   w = sc.guidance_weight if guidance_weight is None else guidance_weight
   num_classes = config.model.num_classes
-  if w and not num_classes:
+  if not num_classes and not is_static_zero(w):
     raise ValueError(f"sample.guidance_weight={w} needs a class-conditional model "
                      "(model.num_classes > 0).")
   if num_classes and not config.model.guidance:
     denoise = guided(denoise, w, num_classes)
-  noise_rng, sampler_rng = jax.random.split(rng)
-  z = jax.random.normal(noise_rng, (num_samples,) + tuple(config.data.shape))
+  z, sampler_rng = initial_noise(config, rng, num_samples)
   return get_sampler(sc.sampler)(denoise, params, z, sample_cond(config, num_samples, w),
                                  process=process, num_steps=num_steps, rng=sampler_rng,
                                  time_grid=sc.time_grid)

@@ -1,8 +1,10 @@
-"""Image grids: a batch of images in [-1, 1] -> one uint8 picture, saved as PNG."""
+"""Image grids: a batch of images in [-1, 1] -> one uint8 picture, saved as PNG (to any
+etils.epath path: a local file or a bucket)."""
+import io
 import math
-import os
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 
@@ -30,6 +32,9 @@ def save_grid(images, path: str, scale: int = 0):
   scale = scale or max(1, 256 // grid.shape[0])
   picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
   picture = picture.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  picture.save(path)
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  png = io.BytesIO()
+  picture.save(png, format="PNG")
+  path.write_bytes(png.getvalue())
   return path

@@ -79,7 +79,7 @@ def test_sigterm_saves_and_restart_continues(tmp_path):
       break                                      # training is under way (step >= 10)
   process.send_signal(signal.SIGTERM)
   rest = process.communicate(timeout=120)[1]
-  assert process.returncode == 0, rest[-2000:]
+  assert process.returncode == 75, rest[-2000:]       # main.EXIT_STOPPED_EARLY
   stopped = int(re.search(r"Stopped at step (\d+) on request", rest).group(1))
   assert stopped >= 10
   assert checkpoint.make_manager(workdir, read_only=True).latest_step() == stopped

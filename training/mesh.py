@@ -1,7 +1,9 @@
 """Device mesh and shardings: the batch is split along 'data', parameters are replicated.
 
 Multi-host: each process holds its own slice of the global batch; global arrays
-are assembled with `jax.make_array_from_process_local_data`.
+are assembled with `jax.make_array_from_process_local_data`. Code traced under
+`jax.set_mesh(mesh)` may lay arrays it creates (the noise of a sampler) along 'data'
+with `constrain_batch`.
 """
 from typing import Optional
 
@@ -24,6 +26,16 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
+
+
+def constrain_batch(x):
+  """`x` laid out along its first axis over the 'data' axis of the mesh set by
+  `jax.set_mesh` (so everything computed from it is split over the devices); unchanged
+  outside such a mesh or when the batch does not split evenly."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or "data" not in mesh.axis_names or x.shape[0] % mesh.shape["data"]:
+    return x
+  return jax.lax.with_sharding_constraint(x, P("data"))
 
 
 def shard_batch(mesh: Mesh, local_batch):

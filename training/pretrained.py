@@ -1,11 +1,11 @@
 """Loading trained parameters from another run's workdir (a teacher, or for sampling)."""
-import os
-
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
 from training import checkpoint
 from training.mesh import make_mesh, replicated
+from training.method import get_method
 
 
 def load_params(workdir: str, which: str = "ema_params", mesh=None, step=None):
@@ -21,8 +21,7 @@ def load_params(workdir: str, which: str = "ema_params", mesh=None, step=None):
                                      f"it has steps {sorted(manager.all_steps())}.")
   sharding = replicated(mesh or make_mesh())
   try:
-    saved = ocp.StandardCheckpointer().metadata(
-        os.path.join(str(manager.directory), str(step), "state")).item_metadata
+    saved = checkpoint.state_metadata(manager, step)
     target = {which: jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), saved[which],
         is_leaf=lambda m: hasattr(m, "shape"))}
@@ -54,10 +53,30 @@ def check_same_structure(expected, got, what: str):
       f"settings the checkpoint was trained with (saved in its checkpoints/<step>/config).")
 
 
+class UnfinishedTeacherError(checkpoint.CheckpointError):
+  """The teacher's latest checkpoint is short of the end of its training schedule."""
+
+
+def schedule_end(saved_config: dict) -> int:
+  """The step at which a run's schedule ends: the sum of its method's stage lengths."""
+  stages = get_method(ml_collections.ConfigDict(saved_config)).stages()
+  return sum(stage.num_updates for stage in stages)
+
+
 def load_teacher(config, mesh):
-  """The EMA params of `config.teacher.workdir`'s latest checkpoint, replicated on `mesh`."""
+  """The EMA params of `config.teacher.workdir`'s latest checkpoint, replicated on `mesh`.
+
+  A teacher stopped before the end of its schedule (preempted, or num_train_steps cut it
+  short) is an error unless `teacher.allow_unfinished`.
+  """
   if not config.teacher.workdir:
     raise ValueError(f"Method {config.method!r} needs a teacher: set "
                      f"--config.teacher.workdir=<workdir of a trained teacher>.")
-  params, _, _ = load_params(config.teacher.workdir, "ema_params", mesh)
+  params, saved, step = load_params(config.teacher.workdir, "ema_params", mesh)
+  end = schedule_end(saved)
+  if step < end and not config.teacher.allow_unfinished:
+    raise UnfinishedTeacherError(
+        f"The teacher in {config.teacher.workdir} stops at step {step}, short of the end of its "
+        f"schedule (step {end}): finish its training first (run it again with the same "
+        f"command), or pass --config.teacher.allow_unfinished=True to distil it as it is.")
   return params

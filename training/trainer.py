@@ -2,12 +2,14 @@
 
 jit over a Mesh: the batch is sharded along 'data', the state is replicated.
 Steps run to the end of the method's schedule, or to `config.num_train_steps` if smaller; a
-restarted run resumes from the latest checkpoint in the workdir, bit for bit.
+restarted run resumes from the latest checkpoint in the workdir, bit for bit (onto the saved
+shapes: a distillation's teacher is in the checkpoint, its workdir is not read again).
+A SIGTERM saves a checkpoint and stops; `train` then raises `StoppedEarly`. The workdir may
+be a bucket (gs://...): every file goes through etils.epath.
 """
 import bisect
 import functools
 import json
-import os
 import signal
 
 import jax
@@ -19,7 +21,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
 from eval.grid import make_grid, save_grid
-from training import checkpoint, data
+from training import checkpoint, data, offline_run
 from training.mesh import check_batch_size, make_mesh, replicated, shard_batch
 from training.method import get_method
 from training.optimizer import learning_rate, make_optimizer
@@ -29,6 +31,11 @@ from training.pretrained import load_teacher
 
 class NonFiniteLossError(RuntimeError):
   """Too many non-finite updates in a row: the run is diverging."""
+
+
+class StoppedEarly(RuntimeError):
+  """Training stopped on request (SIGTERM, preemption) before the end of its schedule; the
+  checkpoint of the step it stopped at is saved, and running again continues from it."""
 
 
 class Preemption:
@@ -78,7 +85,8 @@ def train_step(method, tx, optim_config, ema_decay, state: TrainState, batch, st
   finite = opt_state.last_finite
   ema = jax.tree.map(lambda e, p: jnp.where(finite, ema_decay * e + (1.0 - ema_decay) * p, e),
                      state.ema_params, params)
-  metrics = dict(metrics, loss=loss, lr=lr, grad_norm=optax.tree.norm(grads))
+  metrics = dict(metrics, loss=loss, lr=lr, grad_norm=optax.tree.norm(grads),
+                 nonfinite_in_row=opt_state.notfinite_count)
   new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
                             opt_state=opt_state)
   return new_state, metrics
@@ -121,10 +129,17 @@ class Trainer:
                       self.bounds[-1])
     self.tx = make_optimizer(config.optim)
     rep = replicated(self.mesh)
-    teacher = load_teacher(config, self.mesh) if self.method.needs_teacher else None
-    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    self.state = jax.jit(functools.partial(init_state, self.method, self.tx),
-                         out_shardings=rep)(init_rng, state_rng, teacher)
+    self.manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints,
+                                           keep_steps=self.bounds[1:],
+                                           track_best=config.eval_every_steps > 0)
+    latest = self.manager.latest_step()
+    if latest is None:
+      teacher = load_teacher(config, self.mesh) if self.method.needs_teacher else None
+      init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+      self.state = jax.jit(functools.partial(init_state, self.method, self.tx),
+                           out_shardings=rep)(init_rng, state_rng, teacher)
+    else:   # shapes only: _resume fills them in, without the teacher's workdir
+      self.state = self._saved_shapes(latest)
     self.step_fn = jax.jit(
         functools.partial(train_step, self.method, self.tx, config.optim, config.optim.ema_decay),
         donate_argnums=0, out_shardings=(rep, rep))
@@ -132,14 +147,32 @@ class Trainer:
                                  donate_argnums=0, out_shardings=rep)
     self.sample_fn = jax.jit(self.method.sample, static_argnums=2)
     self.stage_metrics_fn = jax.jit(self.method.stage_metrics)
-    self.manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints,
-                                           keep_steps=self.bounds[1:])
+    self.stopped_early = False
+    self._heldout_fn = None
     self._resume()
+
+  def _saved_shapes(self, step) -> TrainState:
+    """The TrainState of checkpoint `step` as shapes and dtypes (replicated), from its
+    metadata: params, EMA and `frozen` as saved, the optimizer state derived from params."""
+    saved = checkpoint.state_metadata(self.manager, step)
+    rep = replicated(self.mesh)
+    shapes = lambda tree: jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rep), tree,
+        is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+    params = shapes(saved["params"])
+    opt_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
+                             jax.eval_shape(self.tx.init, params))
+    return TrainState(step=shapes(saved["step"]), stage_index=shapes(saved["stage_index"]),
+                      params=params, ema_params=shapes(saved["ema_params"]),
+                      opt_state=opt_state, frozen=shapes(saved["frozen"]),
+                      rng=shapes(saved["rng"]))
 
   def _make_data_iterator(self):
     """The training batches: the dataset's, or only example indices for a data-free method
     (no dataset is opened)."""
     config = self.config
+    if self.method.offline_data() is not None:   # offline samples of the teacher
+      return offline_run.train_iterator(config, self.workdir)
     if not self.method.needs_data:
       return data.make_index_iterator(config.batch_size)
     iterator = data.make_train_iterator(config.data, config.batch_size, config.seed)
@@ -165,39 +198,92 @@ class Trainer:
                                      first_step=jnp.asarray(self.bounds[index]))
     return self._stage_args[index]
 
-  def save(self, step, force=False):
-    checkpoint.save(self.manager, step, self.state, self.data_iter, self.config, force=force)
+  def save(self, step, force=False, metrics=None):
+    checkpoint.save(self.manager, step, self.state, self.data_iter, self.config, force=force,
+                    metrics=metrics)
+
+  def heldout_batches(self):
+    """An iterator over the held-out batches: the offline data's 'heldout' split, else the
+    dataset's test split (full batches only, so each shards evenly)."""
+    config = self.config
+    if self.method.offline_data() is not None:
+      return offline_run.heldout_iterator(config, self.workdir)
+    if not self.method.needs_data:
+      raise ValueError(f"eval_every_steps={config.eval_every_steps}: method {config.method!r} "
+                       f"has no held-out data (it trains without a dataset); set it to 0.")
+    local = data.local_batch_size(config.batch_size)
+    return (b for b in data.make_eval_iterator(config.data, config.batch_size)
+            if len(b["label"]) == local)
+
+  def heldout_loss(self, index) -> float:
+    """The method's `heldout_loss` of the EMA params, averaged over the held-out batches
+    (batch i with key PRNGKey(i), the same at every evaluation)."""
+    if self._heldout_fn is None:
+      self._heldout_fn = jax.jit(self.method.heldout_loss)
+    losses = [self._heldout_fn(self.state.ema_params, self.state.frozen,
+                               shard_batch(self.mesh, batch), jax.random.PRNGKey(i),
+                               self.stage_args(index))
+              for i, batch in enumerate(self.heldout_batches())]
+    if not losses:
+      raise ValueError(f"The held-out data hold less than one batch of {self.config.batch_size}.")
+    return float(np.mean(jax.device_get(losses)))
+
+  def write_heldout(self, writer, step, index) -> dict:
+    """{BEST_METRIC: loss} of this step, to TensorBoard and <workdir>/heldout.json."""
+    metrics = {checkpoint.BEST_METRIC: self.heldout_loss(index)}
+    writer.write_scalars(step, metrics)
+    if jax.process_index() == 0:
+      path = checkpoint.workdir_path(self.workdir) / "heldout.json"
+      table = json.loads(path.read_text()) if path.exists() else {}
+      table[str(step)] = metrics[checkpoint.BEST_METRIC]
+      path.write_text(json.dumps(table, indent=1))
+    return metrics
+
+  def draw_samples(self, step, index) -> np.ndarray:
+    """sample.num_samples images of stage `index` (key PRNGKey(step)), on every host.
+
+    Traced under the mesh, so the method's noise, and all it computes, is split over the
+    devices (training.mesh.constrain_batch); the result is gathered to numpy.
+    """
+    with jax.set_mesh(self.mesh):
+      images = self.sample_fn(self.params_for_sampling(), jax.random.PRNGKey(step),
+                              self.config.sample.num_samples, self.stage_args(index))
+    return multihost_utils.process_allgather(images, tiled=True)
 
   def write_samples(self, writer, step, index):
-    images = self.sample_fn(self.params_for_sampling(), jax.random.PRNGKey(step),
-                            self.config.sample.num_samples, self.stage_args(index))
-    images = np.asarray(jax.device_get(images))
+    images = self.draw_samples(step, index)
     writer.write_images(step, {"samples": make_grid(images)[None]})
     if jax.process_index() == 0:
       name = self.stages[index].name or "samples"
-      save_grid(images, os.path.join(self.workdir, "samples", f"{name}_step{step:07d}.png"))
+      save_grid(images, checkpoint.workdir_path(self.workdir) / "samples" /
+                f"{name}_step{step:07d}.png")
+
+  def stage_metrics(self, step, index) -> dict:
+    """The method's metrics of stage `index` (key PRNGKey(step)) as floats, computed under
+    the mesh like `draw_samples`."""
+    with jax.set_mesh(self.mesh):
+      metrics = self.stage_metrics_fn(self.state.params, self.state.frozen,
+                                      jax.random.PRNGKey(step), self.stage_args(index))
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
   def write_stage_metrics(self, writer, step, index):
     """The method's end-of-stage metrics, to TensorBoard and <workdir>/stage_metrics.json."""
-    metrics = self.stage_metrics_fn(self.state.params, self.state.frozen,
-                                    jax.random.PRNGKey(step), self.stage_args(index))
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    metrics = self.stage_metrics(step, index)
     if not metrics:
       return
     writer.write_scalars(step, metrics)
     if jax.process_index() == 0:
-      path = os.path.join(self.workdir, "stage_metrics.json")
-      table = json.load(open(path)) if os.path.exists(path) else {}
+      path = checkpoint.workdir_path(self.workdir) / "stage_metrics.json"
+      table = json.loads(path.read_text()) if path.exists() else {}
       table[self.stages[index].name or str(index)] = dict(metrics, step=step)
-      with open(path, "w") as f:
-        json.dump(table, f, indent=1)
+      path.write_text(json.dumps(table, indent=1))
 
   def params_for_sampling(self):
     return self.state.ema_params if self.config.sample.use_ema else self.state.params
 
   def run(self) -> TrainState:
     config = self.config
-    writer = metric_writers.create_default_writer(self.workdir,
+    writer = metric_writers.create_default_writer(str(checkpoint.workdir_path(self.workdir)),
                                                   just_logging=jax.process_index() > 0)
     step = int(self.state.step)
     if step == 0:
@@ -205,7 +291,7 @@ class Trainer:
       parameter_overview.log_parameter_overview(self.state.params)
     progress = periodic_actions.ReportProgress(num_train_steps=self.total_steps, writer=writer)
     preemption = Preemption()
-    pending, saved = [], None
+    pending, saved, in_row = [], None, None
     stage_index = int(self.state.stage_index)   # tracked on the host: no sync per step
     try:
       while step < self.total_steps:
@@ -215,6 +301,11 @@ class Trainer:
         batch = shard_batch(self.mesh, next(self.data_iter))
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
           self.state, metrics = self.step_fn(self.state, batch, self.stage_args(index))
+        # The streak of the previous step, read while this one runs (no sync per step).
+        if in_row is not None:
+          self._check_finite(step, int(in_row))
+        in_row = metrics.pop("nonfinite_in_row")
+        in_row.copy_to_host_async()
         step += 1
         pending.append(metrics)
         progress(step)
@@ -226,30 +317,38 @@ class Trainer:
           self.write_samples(writer, step, index)
         if stage_end:
           self.write_stage_metrics(writer, step, index)
-        if step % config.checkpoint_every_steps == 0 or stage_end:
-          self.save(step)
+        heldout = None
+        if config.eval_every_steps and (step % config.eval_every_steps == 0 or stage_end):
+          heldout = self.write_heldout(writer, step, index)
+        if step % config.checkpoint_every_steps == 0 or stage_end or heldout:
+          self.save(step, metrics=heldout)
           saved = step
-        if preemption.should_stop(step):
+        if preemption.should_stop(step) and step < self.total_steps:
           if saved != step:
             self.save(step, force=True)
           logging.warning("Stopped at step %d on request; the checkpoint is saved.", step)
+          self.stopped_early = True
           break
+      if in_row is not None:
+        self._check_finite(step, int(in_row))
     finally:
       preemption.restore()
       self.manager.wait_until_finished()
       writer.flush()
     return self.state
 
-  def _log(self, writer, step, pending):
-    averaged = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
-    opt_state = self.state.opt_state
-    in_row, total = int(opt_state.notfinite_count), int(opt_state.total_notfinite)
-    writer.write_scalars(step, dict(averaged, nonfinite_updates=total))
+  def _check_finite(self, step, in_row):
+    """Raise at the step where the non-finite streak reaches max_nonfinite_in_row."""
     if in_row >= self.config.max_nonfinite_in_row:
       raise NonFiniteLossError(
           f"{in_row} non-finite updates in a row at step {step} (all skipped; max_nonfinite_in_row="
           f"{self.config.max_nonfinite_in_row}): lower optim.lr or check the data. The last "
           f"checkpoint in {self.manager.directory} holds finite parameters.")
+
+  def _log(self, writer, step, pending):
+    averaged = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+    total = int(self.state.opt_state.total_notfinite)
+    writer.write_scalars(step, dict(averaged, nonfinite_updates=total))
 
 
 def _flatten(tree, prefix=""):
@@ -264,5 +363,12 @@ def _flatten(tree, prefix=""):
 
 
 def train(config, workdir: str, mesh=None) -> TrainState:
-  """Train `config` in `workdir`, resuming from its latest checkpoint if there is one."""
-  return Trainer(config, workdir, mesh).run()
+  """Train `config` in `workdir`, resuming from its latest checkpoint if there is one; raises
+  `StoppedEarly` when a SIGTERM stopped it before the end."""
+  trainer = Trainer(config, workdir, mesh)
+  state = trainer.run()
+  if trainer.stopped_early:
+    raise StoppedEarly(f"Training in {workdir} stopped at step {int(state.step)} of "
+                       f"{trainer.total_steps} on request; its checkpoint is saved: run the "
+                       f"same command again to continue.")
+  return state

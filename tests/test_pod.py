@@ -1,0 +1,169 @@
+"""What a pod run relies on: resume without the teacher's workdir, non-finite streaks caught at
+their step, sampling sharded over the mesh, preemption ending a pipeline, unfinished teachers
+refused, bucket (non-local) workdirs and a real two-process run."""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from eval.grid import make_grid
+from tests.pod_configs import tiny_distill
+from tests.tiny_config import tiny_teacher_config
+from training import checkpoint
+from training import trainer as trainer_module
+from training.mesh import make_mesh
+from training.trainer import NonFiniteLossError, Trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXIT_STOPPED_EARLY = 75     # main.EXIT_STOPPED_EARLY
+
+
+def _leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(
+      (state.params, state.ema_params, state.opt_state, state.step, state.stage_index,
+       state.frozen, state.rng)))]
+
+
+def _distill(teacher_dir, num_train_steps=0):
+  config = tiny_distill()
+  config.teacher.workdir = str(teacher_dir)
+  config.num_train_steps = num_train_steps
+  return config
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("teacher")
+  Trainer(tiny_teacher_config(num_train_steps=4), str(workdir), make_mesh(1)).run()
+  return workdir
+
+
+# --- Resume without the teacher's workdir (issue 8, item 5) ---------------------------------
+
+def test_distillation_resumes_after_its_teacher_workdir_is_gone(tmp_path, teacher_dir):
+  teacher = tmp_path / "teacher"
+  shutil.copytree(teacher_dir, teacher)
+  full = Trainer(_distill(teacher), str(tmp_path / "full"), make_mesh(1)).run()
+  assert int(full.step) == 4
+  interrupted = str(tmp_path / "interrupted")
+  assert int(Trainer(_distill(teacher, 3), interrupted, make_mesh(1)).run().step) == 3
+  shutil.move(str(teacher), str(tmp_path / "moved"))           # the teacher's workdir is gone
+  with pytest.raises(checkpoint.CheckpointError, match="No checkpoint directory"):
+    Trainer(_distill(teacher), str(tmp_path / "fresh"), make_mesh(1))   # a new run needs it
+  resumed = Trainer(_distill(teacher), interrupted, make_mesh(1)).run()
+  for a, b in zip(_leaves(full), _leaves(resumed), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+# --- Non-finite streaks (item 6) --------------------------------------------------------------
+
+def _poison(monkeypatch, nan_steps):
+  """Batches of the (0-based) step indices in `nan_steps` get a NaN pixel."""
+  count, shard = [0], trainer_module.shard_batch
+
+  def poisoned(mesh, batch):
+    if count[0] in nan_steps:
+      batch = dict(batch, image=np.where(np.arange(batch["image"].size).reshape(
+          batch["image"].shape) == 0, np.nan, batch["image"]).astype(batch["image"].dtype))
+    count[0] += 1
+    return shard(mesh, batch)
+  monkeypatch.setattr(trainer_module, "shard_batch", poisoned)
+
+
+def _streak_config(num_train_steps):
+  # The log interval is far larger than the limit: only a per-step check can stop in time.
+  return tiny_teacher_config(num_train_steps=num_train_steps, max_nonfinite_in_row=3,
+                             log_every_steps=40, checkpoint_every_steps=100)
+
+
+def test_nonfinite_streak_stops_at_the_step_it_reaches_the_limit(tmp_path, monkeypatch):
+  _poison(monkeypatch, set(range(2, 100)))                      # steps 3, 4, ... are NaN
+  trainer = Trainer(_streak_config(30), str(tmp_path), make_mesh(8))
+  with pytest.raises(NonFiniteLossError, match="3 non-finite updates in a row at step 5 "):
+    trainer.run()
+  assert int(trainer.state.step) <= 6            # the step after is at most dispatched
+  assert trainer.manager.latest_step() is None   # and nothing was saved on the way
+
+
+def test_interrupted_nonfinite_streaks_do_not_stop(tmp_path, monkeypatch):
+  _poison(monkeypatch, {0, 1, 3, 4, 6, 7})                      # streaks of 2, limit 3
+  state = Trainer(_streak_config(9), str(tmp_path), make_mesh(8)).run()
+  assert int(state.step) == 9
+  assert int(state.opt_state.total_notfinite) == 6
+  assert int(state.opt_state.notfinite_count) == 0
+
+
+# --- Sampling and stage metrics sharded over the mesh (item 11) ------------------------------
+
+def test_training_samples_are_sharded_and_equal_on_1_and_8_devices(tmp_path, teacher_dir):
+  config = _distill(teacher_dir)
+  config.sample.num_samples = 16
+  trainers = {n: Trainer(config, str(tmp_path / str(n)), make_mesh(n)) for n in (1, 8)}
+  images = {n: t.draw_samples(0, 0) for n, t in trainers.items()}
+  assert images[8].shape == (16, 8, 8, 1)
+  np.testing.assert_allclose(images[1], images[8], atol=1e-5)
+  np.testing.assert_array_equal(make_grid(images[1]), make_grid(images[8]))
+  # Under the mesh every device draws and denoises 2 of the 16 samples.
+  t = trainers[8]
+  with jax.set_mesh(t.mesh):
+    out = t.sample_fn(t.params_for_sampling(), jax.random.PRNGKey(0), 16, t.stage_args(0))
+  assert out.sharding.spec == P("data")
+  assert {s.data.shape for s in out.addressable_shards} == {(2, 8, 8, 1)}
+  metrics = {n: t.stage_metrics(0, 0) for n, t in trainers.items()}
+  assert set(metrics[1]) == {"fidelity_psnr", "fidelity_mse"}
+  for key in metrics[1]:
+    np.testing.assert_allclose(metrics[1][key], metrics[8][key], rtol=1e-4)
+
+
+# --- Preemption ends the pipeline; unfinished teachers are refused (item 13) -----------------
+
+def _main(*args, timeout=300):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_pipeline_and_unfinished_teachers_are_refused(tmp_path):
+  workdir = tmp_path / "pipeline"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  process = subprocess.Popen(
+      [sys.executable, "main.py", "--mode=pipeline", f"--workdir={workdir}",
+       "--config=tests/pod_configs.py:pipeline"], cwd=ROOT, env=env, stderr=subprocess.PIPE,
+      text=True)
+  deadline = time.time() + 240
+  for line in process.stderr:
+    step = re.search(r"\[(\d+)\] ", line)
+    if (step and int(step.group(1)) >= 3) or time.time() > deadline:
+      break                                        # the teacher part is training
+  process.send_signal(signal.SIGTERM)
+  rest = process.communicate(timeout=120)[1]
+  assert process.returncode == EXIT_STOPPED_EARLY, rest[-3000:]
+  stopped = int(re.search(r"Stopped at step (\d+) on request", rest).group(1))
+  assert stopped >= 3
+  assert checkpoint.make_manager(str(workdir / "teacher"), read_only=True).latest_step() == stopped
+  assert not (workdir / "progressive").exists()    # no later part started
+  assert not (workdir / "report").exists()
+
+  # Distilling that teacher, stopped short of its 1e6-step schedule, is a clear error ...
+  args = ["--config=tests/pod_configs.py:distill", f"--config.teacher.workdir={workdir}/teacher"]
+  result = _main(f"--workdir={tmp_path / 'student'}", *args)
+  assert result.returncode not in (0, EXIT_STOPPED_EARLY)
+  assert re.search(rf"stops at step {stopped}, short of the end of its schedule \(step 1000000\)"
+                   r".*--config.teacher.allow_unfinished=True", result.stderr), \
+      result.stderr[-3000:]
+  assert not (tmp_path / "student" / "checkpoints").exists() or not os.listdir(
+      tmp_path / "student" / "checkpoints")
+  # ... unless asked for.
+  result = _main(f"--workdir={tmp_path / 'student'}", *args,
+                 "--config.teacher.allow_unfinished=True")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert checkpoint.make_manager(str(tmp_path / "student"), read_only=True).latest_step() == 4
