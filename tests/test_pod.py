@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -167,3 +168,66 @@ def test_sigterm_ends_the_pipeline_and_unfinished_teachers_are_refused(tmp_path)
                  "--config.teacher.allow_unfinished=True")
   assert result.returncode == 0, result.stderr[-3000:]
   assert checkpoint.make_manager(str(tmp_path / "student"), read_only=True).latest_step() == 4
+
+
+# --- Two processes x 4 CPU devices on localhost (item 9) --------------------------------------
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _two_processes(argv, timeout=300):
+  """Run argv(process_id, coordinator) for process ids 0 and 1 at once (4 CPU devices each,
+  gloo collectives); returns [(exit status, stderr)] once both end."""
+  coordinator = f"127.0.0.1:{_free_port()}"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+  processes = [subprocess.Popen(argv(i, coordinator), cwd=ROOT, env=env, text=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+               for i in range(2)]
+  try:
+    errors = [p.communicate(timeout=timeout)[1] for p in processes]
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
+  return [(p.returncode, err) for p, err in zip(processes, errors)]
+
+
+def _main_distributed(*args):
+  return lambda i, coordinator: [
+      sys.executable, "main.py", "--distributed", f"--coordinator_address={coordinator}",
+      "--num_processes=2", f"--process_id={i}", "--config=tests/tiny_config.py", *args]
+
+
+@pytest.mark.slow
+def test_two_processes_train_resume_and_sample(tmp_path):
+  workdir = str(tmp_path / "run")
+  for status, err in _two_processes(_main_distributed(f"--workdir={workdir}",
+                                                      "--config.num_train_steps=3")):
+    assert status == 0, err[-3000:]
+  assert checkpoint.make_manager(workdir, read_only=True).latest_step() == 3
+
+  worker = lambda i, coordinator: [sys.executable, "tests/multiprocess_worker.py", coordinator,
+                                   "2", str(i), workdir, "6", str(tmp_path / f"params{i}.npz")]
+  for status, err in _two_processes(worker):
+    assert status == 0, err[-3000:]
+  params = [dict(np.load(tmp_path / f"params{i}.npz")) for i in range(2)]
+  for p in params:
+    assert int(p.pop("start")) == 3 and int(p.pop("step")) == 6   # resumed, then finished
+  assert sorted(params[0]) == sorted(params[1])
+  for key in params[0]:
+    assert np.all(np.isfinite(params[0][key])), key
+    np.testing.assert_array_equal(params[0][key], params[1][key])
+  assert checkpoint.make_manager(workdir, read_only=True).latest_step() == 6
+
+  for status, err in _two_processes(_main_distributed(
+      "--mode=sample", f"--workdir={workdir}", "--config.sample.num_samples=12",
+      "--config.sample.batch_size=8")):
+    assert status == 0, err[-3000:]
+  written = sorted(os.listdir(os.path.join(workdir, "samples")))
+  assert [f for f in written if f.endswith(".npz")] == ["ddim_2steps_ckpt6.npz"]
+  images = np.load(os.path.join(workdir, "samples", "ddim_2steps_ckpt6.npz"))["images"]
+  assert images.shape == (12, 8, 8, 1) and np.all(np.isfinite(images))
