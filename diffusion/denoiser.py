@@ -8,13 +8,15 @@ from typing import Callable, Optional
 
 import jax.numpy as jnp
 
-from diffusion.parameterization import Prediction, get_parameterization
+from diffusion.parameterization import Prediction, check_supported, get_parameterization
 
 Denoiser = Callable[..., Prediction]
 
 
 def make_denoiser(apply_fn: Callable, process, parameterization: str) -> Denoiser:
-  """Wrap a network `apply_fn(params, z, network_time, label, w, rng) -> o` as a Denoiser."""
+  """Wrap a network `apply_fn(params, z, network_time, label, w, rng) -> o` as a Denoiser;
+  refuses a parameterization that cannot work on `process` (check_supported)."""
+  check_supported(parameterization, process)
   to_prediction = get_parameterization(parameterization)
 
   def denoise(params, z, t, cond: Optional[dict] = None, *, rng=None) -> Prediction:

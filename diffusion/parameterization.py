@@ -1,6 +1,11 @@
 """Parameterizations: network output o -> Prediction(x_hat, eps_hat) given z_t.
 
 Each function has the signature `fn(o, z, t, process) -> Prediction`, t of shape (B,).
+A parameterization registered with `needs_flow` works on that kind of process only;
+`check_supported` (called when a Denoiser is built) refuses the other pairs with the reason:
+on the linear flow, eps divides by alpha = 1 - t (NaN at t = 1) and x by sigma = t (NaN at
+t = 0); v is defined for variance-preserving processes; velocity u = eps - x = dz/dt is the
+flow's. `signal` and any parameterization registered without `needs_flow` work on any process.
 """
 from typing import NamedTuple
 
@@ -17,42 +22,77 @@ class Prediction(NamedTuple):
 
 
 PARAMETERIZATIONS = Registry("parameterization")
-register = PARAMETERIZATIONS.register
 get_parameterization = PARAMETERIZATIONS.lookup
+# name -> (needs_flow, why): the process kind the parameterization needs and why.
+REQUIREMENTS: dict[str, tuple[bool, str]] = {}
+
+
+def register(name: str, *, needs_flow=None, why: str = ""):
+  """Decorator: PARAMETERIZATIONS[name] = fn; needs_flow True (linear flow only) or False
+  (variance-preserving only) with the reason `why`, or None (any process)."""
+
+  def wrap(fn):
+    PARAMETERIZATIONS[name] = fn
+    if needs_flow is not None:
+      REQUIREMENTS[name] = (needs_flow, why)
+    return fn
+
+  return wrap
+
+
+def _process_kind(is_flow: bool) -> str:
+  return "linear-flow" if is_flow else "variance-preserving"
+
+
+def check_supported(name: str, process):
+  """Raise a clear ValueError unless parameterization `name` works on `process`."""
+  get_parameterization(name)
+  needs_flow, why = REQUIREMENTS.get(name, (process.is_flow, ""))
+  if needs_flow != process.is_flow:
+    usable = sorted(n for n in PARAMETERIZATIONS
+                    if REQUIREMENTS.get(n, (process.is_flow,))[0] == process.is_flow)
+    raise ValueError(
+        f"diffusion.parameterization={name!r} cannot be used with the "
+        f"{_process_kind(process.is_flow)} process {type(process).__name__}: {why}. Use a "
+        f"{_process_kind(needs_flow)} process, or one of {usable} on this one.")
 
 
 def _scales(z, t, process):
   return process.alpha_sigma(broadcast_to(t, z))
 
 
-@register("eps")
+@register("eps", needs_flow=False,
+          why="x_hat = (z - sigma eps_hat) / alpha divides by alpha = 1 - t, which is 0 at t = 1 "
+              "on the linear flow (x_hat is NaN at the first sampler step)")
 def from_eps(o, z, t, process) -> Prediction:
   """eps_hat = o, x_hat = (z - sigma eps_hat) / alpha."""
   alpha, sigma = _scales(z, t, process)
   return Prediction(x=(z - sigma * o) / alpha, eps=o)
 
 
-@register("x")
+@register("x", needs_flow=False,
+          why="eps_hat = (z - alpha x_hat) / sigma divides by sigma = t, which is 0 at t = 0 "
+              "on the linear flow (eps_hat is NaN at the data end)")
 def from_x(o, z, t, process) -> Prediction:
   """x_hat = o, eps_hat = (z - alpha x_hat) / sigma."""
   alpha, sigma = _scales(z, t, process)
   return Prediction(x=o, eps=(z - alpha * o) / sigma)
 
 
-@register("v")
+@register("v", needs_flow=False,
+          why="x_hat = alpha z - sigma v inverts v = alpha eps - sigma x only when "
+              "alpha^2 + sigma^2 = 1 (variance-preserving)")
 def from_v(o, z, t, process) -> Prediction:
   """VP only, v = alpha eps - sigma x: x_hat = alpha z - sigma o, eps_hat = sigma z + alpha o."""
-  if process.is_flow:
-    raise ValueError("The v parameterization needs a variance-preserving process.")
   alpha, sigma = _scales(z, t, process)
   return Prediction(x=alpha * z - sigma * o, eps=sigma * z + alpha * o)
 
 
-@register("velocity")
+@register("velocity", needs_flow=True,
+          why="x_hat = z - t u, eps_hat = z + (1 - t) u hold for alpha = 1 - t, sigma = t "
+              "(u = eps - x = dz/dt on the linear flow only)")
 def from_velocity(o, z, t, process) -> Prediction:
   """Flow only, u = eps - x: x_hat = z - t o, eps_hat = z + (1 - t) o."""
-  if not process.is_flow:
-    raise ValueError("The velocity parameterization needs the linear-flow process.")
   t = broadcast_to(t, z)
   return Prediction(x=z - t * o, eps=z + (1.0 - t) * o)
 

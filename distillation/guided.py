@@ -29,7 +29,7 @@ from flax import traverse_util
 from diffusion.losses import weighted_x_mse
 from diffusion.networks import build_denoiser, build_network, init_params
 from distillation.common import (branch, check_teacher, ddim_fidelity, require_sections,
-                                 require_uniform_grid, sample_images, training_cond)
+                                 require_uniform_grid, training_cond)
 from distillation.progressive import halving_stages, progressive_loss
 from sampling import guided
 from training.method import Method, Stage, register
@@ -106,10 +106,6 @@ class GuidedStage1(Method):
     cond = training_cond(self.config, batch, cond_rng)
     return guided_w_loss(self.denoise, params, frozen, batch["image"], cond, loss_rng,
                          self.process, self.config.distill.weighting, self.config.model.num_classes)
-
-  def sample(self, params, rng, num_samples, stage):
-    return sample_images(self.config, self.denoise, self.process, params, rng, num_samples,
-                         stage["num_steps"])
 
   def stage_metrics(self, params, frozen, rng, stage):
     """Student vs classifier-free-guided teacher, both N-step DDIM at sample.guidance_weight."""

@@ -27,7 +27,7 @@ from diffusion.parameterization import Prediction
 from diffusion.processes import broadcast_to
 from diffusion.targets import ddim_target
 from distillation.common import (check_teacher, ddim_fidelity, require_sections,
-                                 require_uniform_grid, sample_images, training_cond)
+                                 require_uniform_grid, training_cond)
 from sampling.steps import ddim_step, scales
 from training.method import Method, Stage, register
 
@@ -124,10 +124,6 @@ class ProgressiveDistillation(Method):
     losses = progressive_loss(self.denoise, params, frozen, batch["image"], cond, loss_rng,
                               stage["num_steps"], self.process, self.config.distill.weighting)
     return jnp.mean(losses), {"loss": jnp.mean(losses)}
-
-  def sample(self, params, rng, num_samples, stage):
-    return sample_images(self.config, self.denoise, self.process, params, rng, num_samples,
-                         stage["num_steps"])
 
   def stage_metrics(self, params, frozen, rng, stage):
     """Student N-step vs teacher 2N-step DDIM samples from the same noise."""

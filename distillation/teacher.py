@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from diffusion.losses import weighted_x_mse
 from diffusion.networks import build_denoiser, init_params
-from distillation.common import sample_images, training_cond
+from distillation.common import training_cond
 from training.method import Method, Stage, register
 
 
@@ -39,7 +39,3 @@ class TeacherTraining(Method):
     pred = self.denoise(params, z, t, cond, rng=drop_rng)
     losses = weighted_x_mse(x, pred.x, self.process.logsnr(t), self.config.diffusion.weighting)
     return jnp.mean(losses), {"loss": jnp.mean(losses)}
-
-  def sample(self, params, rng, num_samples, stage):
-    return sample_images(self.config, self.denoise, self.process, params, rng, num_samples,
-                         stage["num_steps"])

@@ -6,10 +6,11 @@ batch i uses key fold_in(PRNGKey(seed), i), from which distillation.common.sampl
 z_1 the same way for any model of the data shape. The network, process and labels come from
 the config saved with the checkpoint; the images from its method's `sample`. A row holds:
 
-  nfe                 network evaluations per sample (eval/sample_programs.py): num_steps
-                      * 1 (ddim, ancestral, stochastic, euler), 2 (heun) or 4 (rk4), times 2
-                      for classifier-free guidance through `sampling.guided` (a class-
-                      conditional model without a w-embedding, for every w including 0).
+  nfe                 network evaluations per sample (eval/sample_programs.py): the sampler
+                      registry's count (num_steps for ddim, ancestral, stochastic, euler;
+                      2 N - 1 for heun, 4 N - 3 for rk4), times 2 for classifier-free
+                      guidance through `sampling.guided` (a class-conditional model without a
+                      w-embedding, at w != 0; w = 0 runs the conditional branch alone).
   seconds_per_image   wall time of drawing the samples / number drawn (batches are full), after
                       compilation (each program is compiled by a one-batch, one-step warm-up).
   FD-<dataset>        metric 'fd_dataset': Frechet distance of the dataset classifier's features

@@ -1,10 +1,12 @@
 """How a trained run samples, for evaluation: its saved config with a chosen sampler and
 guidance weight, the network evaluations that costs, and one jitted program per config.
 
-NFE (network evaluations per sample) = num_steps * evaluations per step (1: ddim, ancestral,
-stochastic, euler; 2: heun; 4: rk4), times 2 when classifier-free guidance runs through
-`sampling.guided`, i.e. for a class-conditional model without a w-embedding (both branches in
-one call on the doubled batch, for every w including 0). A w-conditioned student counts 1.
+NFE (network evaluations per sample) = the sampler's own count from the sampler registry,
+`sampling.SAMPLERS[name].nfe(num_steps)` (num_steps for ddim, ancestral, stochastic, euler;
+2 num_steps - 1 for heun and 4 num_steps - 3 for rk4, whose last interval is one DDIM step),
+times 2 when classifier-free guidance runs through `sampling.guided` on the doubled batch, i.e.
+for a class-conditional model without a w-embedding at a guidance weight w != 0 (w = 0 is the
+conditional branch alone). A w-conditioned student counts 1.
 
 Programs: `sample_program(config)` is f(rng, batch_size, params, num_steps) -> images of the
 config's method (`Method.sample` with stage {'num_steps': num_steps}). Configs that differ only
@@ -17,11 +19,8 @@ from typing import Callable
 import ml_collections
 from absl import logging
 
-from sampling import ode
+from sampling import SAMPLERS, decoders
 from training.method import get_method
-
-EVALUATIONS_PER_STEP = {"ddim": 1, "ancestral": 1, "stochastic": 1,
-                        **{name: len(tableau.b) for name, tableau in ode.TABLEAUX.items()}}
 
 # Keys of a run config that do not change how its checkpoints sample (left out of program keys).
 TRAINING_ONLY = ("optim", "teacher", "eval", "seed", "batch_size", "num_train_steps",
@@ -31,16 +30,17 @@ SAMPLE_COUNTS = ("num_steps", "num_samples", "batch_size")
 
 
 def guided_batch(config) -> bool:
-  """Whether sampling runs classifier-free guidance on a doubled batch (sampling.guided)."""
-  return bool(config.model.num_classes) and not config.model.get("guidance", False)
+  """Whether sampling runs classifier-free guidance on a doubled batch (sampling.guided): a
+  class-conditional model without a w-embedding at sample.guidance_weight != 0."""
+  return (bool(config.model.num_classes) and not config.model.get("guidance", False)
+          and float(config.sample.guidance_weight) != 0.0)
 
 
 def nfe(config, sampler: str, num_steps: int) -> int:
-  """num_steps * EVALUATIONS_PER_STEP[sampler] * (2 if guided_batch(config) else 1)."""
-  if sampler not in EVALUATIONS_PER_STEP:
-    raise ValueError(f"Cannot evaluate sampler {sampler!r}; choose one of "
-                     f"{sorted(EVALUATIONS_PER_STEP)}.")
-  return num_steps * EVALUATIONS_PER_STEP[sampler] * (2 if guided_batch(config) else 1)
+  """SAMPLERS[sampler].nfe(num_steps) * (2 if guided_batch(config) else 1)."""
+  if sampler not in decoders():
+    raise ValueError(f"Cannot evaluate sampler {sampler!r}; choose one of {decoders()}.")
+  return SAMPLERS[sampler].nfe(num_steps) * (2 if guided_batch(config) else 1)
 
 
 def guidance_weights_for(config, weights) -> list[float]:

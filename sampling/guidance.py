@@ -13,13 +13,23 @@ def _twice(a):
   return jnp.concatenate([a, a])
 
 
+def is_static_zero(w) -> bool:
+  """Whether w is a Python number equal to 0 (known at trace time; a traced w never is)."""
+  return isinstance(w, (int, float)) and w == 0
+
+
 def guided(denoise: Denoiser, w, num_classes: int) -> Denoiser:
   """The guided Denoiser of a class-conditional `denoise` with null class `num_classes`.
 
   w is a scalar or per-example (B,) (it may be a traced value). Both branches run in ONE
   network call on the doubled batch [z; z] with labels [label; null]; any other `cond`
-  entries and a per-example t are doubled alongside.
+  entries and a per-example t are doubled alongside. A static w == 0 (a Python number,
+  `is_static_zero`) returns `denoise` itself: the conditional branch alone, one network call
+  on the plain batch. A traced w that happens to be 0 still runs both branches (the result
+  equals the conditional model's to rounding); callers that know w statically pass a float.
   """
+  if is_static_zero(w):
+    return denoise
 
   def denoise_w(params, z, t, cond) -> Prediction:
     batch = z.shape[0]

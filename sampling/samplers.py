@@ -2,8 +2,15 @@
 
 Each sampler is one `lax.fori_loop` (or `lax.scan` when the trajectory is returned)
 over its steps. Step j of a descending sampler goes from t_i to t_{i-1}, i = N - j.
+
+The registry is the one place that says what a sampler costs and which way it goes: each
+entry is a `Sampler` (callable like its function) with its network evaluations per step
+and whether it maps data to noise; evaluation (NFE), the report and the sample drawing
+read them from here.
 """
+import dataclasses
 import operator
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +21,45 @@ from sampling import ode
 from sampling.grids import get_grid
 from sampling.steps import ancestral_step, ddim_step, scales, stochastic_step
 
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+  """A registered sampler: `fn` (called through the record) and its cost and direction.
+
+  evaluations_per_step: network evaluations of every step but the one at the data end;
+  data_end_evaluations: those of the step that touches t = 0 (a decoder's last step, the
+  encoder's first); maps_data_to_noise: an encoder (z is data at t = 0, out its code at t = 1).
+  """
+  fn: Callable
+  evaluations_per_step: int = 1
+  data_end_evaluations: int = 1
+  maps_data_to_noise: bool = False
+
+  def __call__(self, *args, **kwargs):
+    return self.fn(*args, **kwargs)
+
+  def nfe(self, num_steps: int) -> int:
+    """Network evaluations of a num_steps-step run: per_step (N - 1) + data_end."""
+    return self.evaluations_per_step * (num_steps - 1) + self.data_end_evaluations
+
+
 SAMPLERS = Registry("sampler")
-register = SAMPLERS.register
 get_sampler = SAMPLERS.lookup
+
+
+def register(name: str, **info):
+  """Decorator: registers `fn` as SAMPLERS[name] = Sampler(fn, **info)."""
+
+  def wrap(fn):
+    SAMPLERS[name] = Sampler(fn, **info)
+    return fn
+
+  return wrap
+
+
+def decoders() -> list[str]:
+  """Names of the samplers that draw data from noise (every one but the encoders)."""
+  return sorted(name for name, s in SAMPLERS.items() if not s.maps_data_to_noise)
 
 
 def _run(body, z, lower, upper, return_trajectory):
@@ -88,7 +131,7 @@ def stochastic(denoise, params, z, cond=None, *, process, num_steps, rng=None,
   return _run(body, z, 0, num_steps, return_trajectory)
 
 
-@register("ddim_encode")
+@register("ddim_encode", data_end_evaluations=0, maps_data_to_noise=True)
 def ddim_encode(denoise, params, x, cond=None, *, process, num_steps, rng=None,
                 time_grid="uniform", return_trajectory=False):
   """DDIM encoder, data to noise: z_{t_{j+1}} = alpha x_hat(z_{t_j}) + sigma eps_hat(z_{t_j}).
@@ -112,7 +155,9 @@ def ddim_encode(denoise, params, x, cond=None, *, process, num_steps, rng=None,
 
 
 def _ode_sampler(name: str, tableau: ode.Tableau):
-  """The probability-flow ODE sampler `name`: one Runge-Kutta step per grid interval, t = 1 to 0."""
+  """The probability-flow ODE sampler `name`: one Runge-Kutta step per grid interval from
+  t = 1 down to t_1, then a DDIM step from t_1 to 0 (as EDM's Heun takes an Euler step
+  there), so the network is never evaluated at t = 0, where eps_hat is ill-posed."""
 
   def sampler(denoise, params, z, cond=None, *, process, num_steps, rng=None,
               time_grid="uniform", return_trajectory=False):
@@ -125,12 +170,21 @@ def _ode_sampler(name: str, tableau: ode.Tableau):
       t = grid(i, num_steps)
       return ode.rk_step(f, z, t, grid(i - 1, num_steps) - t, tableau)
 
-    return _run(body, z, 0, num_steps, return_trajectory)
+    def last_step(z):
+      pred = denoise(params, z, grid(1, num_steps), cond)
+      return ddim_step(pred, *scales(process, grid(0, num_steps)))
+
+    out = _run(body, z, 0, num_steps - 1, return_trajectory)
+    if not return_trajectory:
+      return last_step(out)
+    final = last_step(out[0])
+    return final, jnp.concatenate([out[1], final[None]])
 
   sampler.__name__ = name
-  sampler.__doc__ = f"Probability-flow ODE sampler: {name} steps of dz/dt = alpha' x_hat + sigma' eps_hat."
+  sampler.__doc__ = (f"Probability-flow ODE sampler: {name} steps of dz/dt = alpha' x_hat + "
+                     "sigma' eps_hat, the last interval a DDIM step.")
   return sampler
 
 
 for _name, _tableau in ode.TABLEAUX.items():
-  register(_name)(_ode_sampler(_name, _tableau))
+  register(_name, evaluations_per_step=len(_tableau.b))(_ode_sampler(_name, _tableau))

@@ -1,4 +1,6 @@
 """Exact identities of the math core, and the analytic teacher against Monte Carlo."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,6 +8,7 @@ import pytest
 
 from diffusion.analytic import GaussianMixture, analytic_denoiser, gaussian_flow_map
 from diffusion.losses import weighted_x_mse
+from diffusion.networks import init_params
 from diffusion.parameterization import PARAMETERIZATIONS, v_target
 from diffusion.processes import CosineVP, LinearFlow, shifted_cosine
 
@@ -43,12 +46,35 @@ def test_parameterization_round_trip(name, process):
   np.testing.assert_allclose(pred.eps, eps, rtol=2e-4, atol=2e-4)
 
 
-def test_wrong_process_for_parameterization():
-  z = jnp.zeros((2, 3))
-  with pytest.raises(ValueError, match="v parameterization needs a variance-preserving"):
-    PARAMETERIZATIONS["v"](z, z, jnp.ones(2) * 0.5, LinearFlow())
-  with pytest.raises(ValueError, match="velocity parameterization needs the linear-flow"):
-    PARAMETERIZATIONS["velocity"](z, z, jnp.ones(2) * 0.5, CosineVP())
+REFUSED = {("flow", "eps"): "divides by alpha = 1 - t, which is 0 at t = 1",
+           ("flow", "x"): "divides by sigma = t, which is 0 at t = 0",
+           ("flow", "v"): "only when alpha\\^2 \\+ sigma\\^2 = 1",
+           ("cosine", "velocity"): "u = eps - x = dz/dt on the linear flow only"}
+
+
+@pytest.mark.parametrize("process_name", ["cosine", "flow"])
+@pytest.mark.parametrize("parameterization", ["eps", "x", "v", "velocity", "signal"])
+def test_unworkable_process_parameterization_pairs_are_refused(process_name, parameterization):
+  """build_denoiser refuses each pair that gives NaN or a wrong inverse, naming the reason and
+  the parameterizations that work; the other pairs build and give finite predictions at both
+  ends t = 0 and t = 1."""
+  from diffusion.networks import build_denoiser
+  from tests.tiny_config import tiny_teacher_config
+  config = tiny_teacher_config(**{"diffusion.process": process_name,
+                                  "diffusion.parameterization": parameterization})
+  reason = REFUSED.get((process_name, parameterization))
+  if reason:
+    usable = "['signal', 'velocity']" if process_name == "flow" else "['eps', 'signal', 'v', 'x']"
+    with pytest.raises(ValueError, match=f"parameterization='{parameterization}' cannot be used "
+                       f"with the .*{reason}.*one of {re.escape(usable)} on this one"):
+      build_denoiser(config)
+    return
+  network, process, denoise = build_denoiser(config)
+  params = jax.tree.map(lambda a: a + 0.1, init_params(network, jax.random.key(0), (8, 8, 1)))
+  z = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+  for t in (0.0, 1.0):
+    pred = denoise(params, z, t)
+    assert np.isfinite(pred.x).all() and np.isfinite(pred.eps).all(), (t, pred)
 
 
 def test_loss_weightings_are_the_familiar_losses():

@@ -114,10 +114,13 @@ def test_fidelity_of_a_model_to_itself_from_the_same_noise(teacher, classifier_d
 
 def test_nfe_convention():
   config = tiny_teacher_config()
+  # heun and rk4 end with one DDIM step: 2 (N - 1) + 1 and 4 (N - 1) + 1
   assert [sample_programs.nfe(config, s, 8) for s in ("ddim", "ancestral", "stochastic", "euler",
-                                              "heun", "rk4")] == [8, 8, 8, 8, 16, 32]
-  config.model.num_classes = 10                    # CFG via sampling.guided: doubled batch
-  assert sample_programs.nfe(config, "ddim", 8) == 16 and sample_programs.nfe(config, "heun", 8) == 32
+                                              "heun", "rk4")] == [8, 8, 8, 8, 15, 29]
+  config.model.num_classes = 10                    # w = 0: the conditional branch alone
+  assert sample_programs.nfe(config, "ddim", 8) == 8 and sample_programs.nfe(config, "heun", 8) == 15
+  config.sample.guidance_weight = 1.0              # CFG via sampling.guided: doubled batch
+  assert sample_programs.nfe(config, "ddim", 8) == 16 and sample_programs.nfe(config, "heun", 8) == 30
   config.model.guidance = True                     # a w-conditioned student: one branch
   assert sample_programs.nfe(config, "ddim", 8) == 8
   with pytest.raises(ValueError, match="Cannot evaluate sampler 'ddim_encode'"):

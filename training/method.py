@@ -91,9 +91,16 @@ class Method(abc.ABC):
     """`frozen` for the next stage, given the current stage's final params."""
     return frozen
 
-  @abc.abstractmethod
   def sample(self, params, rng, num_samples: int, stage: dict):
-    """Images in [-1, 1] from the default sampler for this stage (pure, jittable)."""
+    """Images in [-1, 1] from the default sampler for this stage (pure, jittable).
+
+    Default: `config.sample`'s sampler with the stage's `num_steps` over `self.denoise` and
+    `self.process` (distillation.common.sample_images, which draws z_1 the way every method
+    shares); methods that sample otherwise override it.
+    """
+    from distillation.common import sample_images  # lazy: the trainer layer imports no method
+    return sample_images(self.config, self.denoise, self.process, params, rng, num_samples,
+                         stage["num_steps"])
 
   def stage_metrics(self, params, frozen, rng, stage) -> dict:
     """Scalars to log at the end of a stage (e.g. student-teacher fidelity); pure."""
