@@ -1,4 +1,5 @@
-"""`--mode=eval`: sample-quality metrics of the latest checkpoint of a workdir.
+"""`--mode=eval`: sample-quality metrics of a checkpoint of a workdir (`eval.checkpoint`: the
+best one by held-out loss when the run kept one, else the latest; or 'latest', or a step).
 
   python main.py --mode=eval --workdir=runs/digits --config.eval.num_steps=1,4,16 \
       --config.eval.samplers=ddim,heun --config.eval.num_samples=1000
@@ -76,7 +77,9 @@ def evaluate_workdir(workdir: str, eval_config, mesh=None) -> list[dict]:
   """Evaluate the latest checkpoint of `workdir`; write and print the rows (see module doc)."""
   workdir = os.path.abspath(workdir)
   saved = checkpoint.read_config(workdir)
-  step = checkpoint.require_checkpoint(workdir).latest_step()
+  step, what = checkpoint.select_step(workdir, eval_config.get("checkpoint", "best"))
+  logging.info("evaluating %s: step %d", what, step)
+  print(f"evaluating {what}: step {step} (--config.eval.checkpoint=best|latest|<step>)")
   reference = reference_workdir(saved, workdir)
   options = quality.options_from_config(
       eval_config, grid_dir=os.path.join(workdir, "eval", f"grids_step{step}"))

@@ -10,6 +10,8 @@ The trainer knows methods only through this interface:
   next_frozen(frozen, params) -> frozen for the next stage (e.g. student -> teacher)
   sample(params, rng, num_samples, stage) -> images of the stage's default sampler
   stage_metrics(params, frozen, rng, stage) -> metrics logged at the end of a stage
+  offline_data() -> None, or the spec of offline teacher samples to train on (training/offline.py)
+  heldout_loss(params, frozen, batch, rng, stage) -> scalar scored every `eval_every_steps`
 
 `stage` reaches `loss` as a dict of scalar arrays (`Stage.args`), a jit argument,
 so one compiled train step serves every stage. `ema` is the EMA of the trained
@@ -86,6 +88,19 @@ class Method(abc.ABC):
     """Teacher network evaluations per training example in one update of `stage` (the
     training cost the comparison report shows); 0 for methods that learn from data."""
     return 0.0
+
+  def offline_data(self):
+    """None, or a training.offline.OfflineData: the method trains on offline samples of its
+    teacher (its generator gets the teacher's EMA params), written by `--mode=pairs` to
+    `offline_dir` (default <workdir>/pairs); the trainer then reads batches of the
+    generator's keys from the 'train' split in place of a dataset, and the held-out loss
+    from the 'heldout' split."""
+    return None
+
+  def heldout_loss(self, params, frozen, batch, rng, stage):
+    """The scalar the trainer scores the EMA params by on held-out batches every
+    `eval_every_steps` (the best checkpoint has the lowest); default: the training loss."""
+    return self.loss(params, frozen, batch, rng, stage)[0]
 
   def next_frozen(self, frozen, params):
     """`frozen` for the next stage, given the current stage's final params."""

@@ -1,4 +1,5 @@
-"""`--mode=sample`: draw samples from the latest checkpoint of a workdir.
+"""`--mode=sample`: draw samples from a checkpoint of a workdir (`sample.checkpoint`: the best
+one by held-out loss when the run kept one, else the latest; or 'latest', or a step).
 
 The network and process come from the config saved with the checkpoint; the
 `sample` section (sampler, steps, guidance weight, count, labels) from the command line.
@@ -12,6 +13,7 @@ from absl import logging
 
 from eval.generate import generate
 from eval.grid import save_grid
+from training import checkpoint
 from training.checkpoint import read_config
 from training.mesh import make_mesh
 from training.method import get_method
@@ -37,7 +39,10 @@ def sample_from_workdir(workdir: str, sample_config, mesh=None):
   config = saved_run_config(workdir, sample_config)
   sc = config.sample
   method = get_method(config)
-  params, _, step = load_params(workdir, "ema_params" if sc.use_ema else "params", mesh)
+  step, what = checkpoint.select_step(workdir, sc.get("checkpoint", "best"))
+  logging.info("sampling %s: step %d", what, step)
+  print(f"sampling {what}: step {step} (--config.sample.checkpoint=best|latest|<step>)")
+  params, _, step = load_params(workdir, "ema_params" if sc.use_ema else "params", mesh, step)
   draw = lambda rng, batch_size, params, stage: method.sample(params, rng, batch_size, stage)
   images = generate(draw, sc.num_samples, sc.batch_size, jax.random.PRNGKey(config.seed), mesh,
                     args=(params, {"num_steps": np.int32(sc.num_steps)}), progress=report)

@@ -1,0 +1,59 @@
+"""A run's offline data (Method.offline_data()): where they live, the command that makes
+them (`--mode=pairs`), and the training / held-out iterators the trainer reads.
+
+  python main.py --mode=pairs --config=configs/denoising_student.py:digits \
+      --config.teacher.workdir=runs/teacher --workdir=runs/student
+
+writes <workdir>/pairs (or `offline_dir`) with the teacher's EMA parameters; rerun it after
+an interruption (finished shards are kept); on a pod run it on every host. Training then
+reads them; a missing or incomplete set is an error that names this command.
+"""
+import jax
+from etils import epath
+
+from training import offline, offline_source
+from training.checkpoint import workdir_path
+from training.method import get_method
+from training.pretrained import load_teacher
+
+
+def offline_dir(config, workdir) -> epath.Path:
+  """`config.offline_dir`, or <workdir>/pairs."""
+  return epath.Path(config.offline_dir) if config.offline_dir else workdir_path(workdir) / "pairs"
+
+
+def pairs_command(workdir) -> str:
+  return (f"python main.py --mode=pairs --workdir={workdir} <the same --config flags as the "
+          f"training run>")
+
+
+def require_spec(method) -> offline.OfflineData:
+  spec = method.offline_data()
+  if spec is None:
+    raise ValueError(f"Method {method.config.method!r} trains on no offline data: "
+                     f"--mode=pairs is for methods such as denoising_student.")
+  return spec
+
+
+def write_offline_data(config, workdir, mesh=None) -> dict:
+  """`--mode=pairs`: write (or finish) the run's offline data; returns cost.json's dict."""
+  method = get_method(config)
+  spec = require_spec(method)
+  teacher = load_teacher(config, mesh) if method.needs_teacher else {}
+  directory = offline_dir(config, workdir)
+  cost = offline.write(spec, teacher, directory, label=f"{config.method} data")
+  if jax.process_index() == 0:
+    print(f"{directory}: {cost['rows']} rows, {cost['evaluations']:.0f} generator evaluations "
+          f"in {cost['seconds']:.1f} s ({cost['rows_per_second']:.1f} rows/s); cost.json written")
+  return cost
+
+
+def train_iterator(config, workdir):
+  return offline_source.make_train_iterator(offline_dir(config, workdir), config.data,
+                                            config.batch_size, config.seed,
+                                            pairs_command(workdir))
+
+
+def heldout_iterator(config, workdir):
+  return offline_source.make_eval_iterator(offline_dir(config, workdir), config.data,
+                                           config.batch_size, pairs_command(workdir))
