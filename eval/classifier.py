@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 
 from eval import npz_tree
 from training import sources
@@ -111,25 +112,25 @@ def accuracy(model: Classifier, params, images, labels) -> float:
 
 
 def save(directory: str, model: Classifier, params, **info) -> None:
-  """params.npz and config.json (the architecture plus `info`, e.g. dataset, accuracy)."""
-  npz_tree.save_tree(os.path.join(directory, "params.npz"), jax.device_get(params))
+  """params.npz and config.json (the architecture plus `info`, e.g. dataset, accuracy); the
+  directory may be a bucket (any etils.epath path)."""
+  directory = epath.Path(directory)
+  npz_tree.save_tree(directory / "params.npz", jax.device_get(params))
   config = {"num_classes": model.num_classes, "width": model.width,
             "features": model.features, **info}
-  with open(os.path.join(directory, "config.json"), "w") as f:
-    json.dump(config, f, indent=2)
+  (directory / "config.json").write_text(json.dumps(config, indent=2))
 
 
 def load(directory: str) -> tuple[Classifier, dict, dict]:
   """(model, params, config) saved by `save`; a clear error naming the training command."""
-  config_path = os.path.join(directory, "config.json")
-  if not os.path.exists(config_path):
+  config_path = epath.Path(directory) / "config.json"
+  if not config_path.exists():
     raise FileNotFoundError(
         f"No trained classifier in '{directory}'. Train one with\n"
         f"  python -m eval.train_classifier --dataset=<digits|fashion_mnist> --out={directory}")
-  with open(config_path) as f:
-    config = json.load(f)
+  config = json.loads(config_path.read_text())
   model = Classifier(config["num_classes"], config["width"], config["features"])
-  return model, npz_tree.load_tree(os.path.join(directory, "params.npz")), config
+  return model, npz_tree.load_tree(epath.Path(directory) / "params.npz"), config
 
 
 def feature_fn(model: Classifier, params):

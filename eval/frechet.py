@@ -12,10 +12,11 @@ Statistics stream: `Moments` (count, mean, M2 = sum of outer products of deviati
 merge batch by batch with Chan et al.'s pairwise update, so 50k x 2048 features never
 need to sit in memory at once.
 """
-import os
 from typing import NamedTuple
 
 import numpy as np
+
+from eval import npz_tree
 
 
 class Moments(NamedTuple):
@@ -90,14 +91,10 @@ def frechet_distance_of_features(features1, features2) -> float:
 
 def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
   """Write (mu, sigma) to an .npz with keys 'mu' and 'sigma' (pytorch-fid's layout), atomically."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    np.savez(f, mu=mu, sigma=sigma)
-  os.replace(tmp, path)
+  npz_tree.write_npz(path, mu=mu, sigma=sigma)
 
 
 def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
   """(mu, sigma) from an .npz written by `save_stats` (or pytorch-fid)."""
-  with np.load(path) as data:
-    return data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+  data = npz_tree.read_npz(path)
+  return data["mu"].astype(np.float64), data["sigma"].astype(np.float64)

@@ -30,6 +30,7 @@ from typing import NamedTuple, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from etils import epath
 
 from eval import npz_tree
 
@@ -201,7 +202,7 @@ def to_inception_input(images):
 
 def load_variables(path: str = DEFAULT_WEIGHTS) -> dict:
   """The converted weights {'params', 'batch_stats'}; a clear error if the file is missing."""
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise FileNotFoundError(
         f"Inception weights not found at '{path}'. Nothing is downloaded at run time; create "
         "the file once from the PyTorch FID weights with\n"

@@ -1,21 +1,34 @@
-"""Nested dicts of arrays (Flax variables) as one flat .npz: key 'a/b/c' = tree['a']['b']['c']."""
+"""Arrays as .npz files at any etils.epath path (a local file or a bucket object), and nested
+dicts of arrays (Flax variables) as one flat .npz: key 'a/b/c' = tree['a']['b']['c']."""
 import os
 
 import numpy as np
+from etils import epath
 from flax import traverse_util
 
 
-def save_tree(path: str, tree) -> None:
-  """Write `tree` (nested dicts of arrays) to `path` atomically (temp file, then rename)."""
+def write_npz(path, **arrays) -> None:
+  """Write `arrays` to the .npz `path` atomically (a temporary name, then a rename)."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
+  with tmp.open("wb") as f:
+    np.savez(f, **arrays)
+  tmp.replace(path)
+
+
+def read_npz(path) -> dict:
+  """{name: array} of the .npz `path`."""
+  with epath.Path(path).open("rb") as f, np.load(f) as data:
+    return {key: data[key] for key in data.files}
+
+
+def save_tree(path, tree) -> None:
+  """Write `tree` (nested dicts of arrays) to `path` atomically."""
   flat = traverse_util.flatten_dict(tree, sep="/")
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}.npz"
-  np.savez(tmp, **{key: np.asarray(value) for key, value in flat.items()})
-  os.replace(tmp, path)
+  write_npz(path, **{key: np.asarray(value) for key, value in flat.items()})
 
 
-def load_tree(path: str) -> dict:
+def load_tree(path) -> dict:
   """The nested dict of numpy arrays written by `save_tree`."""
-  with np.load(path) as data:
-    flat = {key: data[key] for key in data.files}
-  return traverse_util.unflatten_dict(flat, sep="/")
+  return traverse_util.unflatten_dict(read_npz(path), sep="/")

@@ -14,7 +14,9 @@ the config saved with the checkpoint; the images from its method's `sample`. A r
   seconds_per_image   wall time of drawing the samples / number drawn (batches are full), after
                       compilation (each program is compiled by a one-batch, one-step warm-up).
   FD-<dataset>        metric 'fd_dataset': Frechet distance of the dataset classifier's features
-                      of the samples to those of the test split (eval/quality_features.py).
+                      of the samples to those of the `reference_split` images (default the
+                      train split; eval/quality_features.py). Rows with FD-<dataset> or FID
+                      hold `reference_images`, the number of images of that split.
   fidelity_mse, fidelity_psnr
                       metric 'fidelity': MSE / PSNR = 10 log10(4 / MSE) against the reference
                       model's `reference_steps`-step DDIM samples from the same noise (and w);
@@ -70,7 +72,8 @@ class Entry:
 @dataclasses.dataclass(frozen=True)
 class Options:
   """How to evaluate: sample count, metrics, the fidelity reference's steps, where the
-  classifier and Inception weights are ('' = defaults), and where to save sample grids."""
+  classifier and Inception weights are ('' = defaults), the dataset split of the FD / FID
+  reference statistics, and where to save sample grids."""
   num_samples: int = 1000
   batch_size: int = 250
   metrics: tuple = ("fd_dataset", "fidelity")
@@ -81,6 +84,7 @@ class Options:
   seed: int = 0
   grid_dir: str = ""
   grid_samples: int = 64
+  reference_split: str = "train"
 
 
 def parse_list(value, kind=str) -> list:
@@ -95,7 +99,8 @@ def options_from_config(eval_config, **overrides) -> Options:
   options = Options(num_samples=ec.num_samples, batch_size=ec.batch_size,
                     metrics=tuple(parse_list(ec.metrics)), reference_steps=ec.reference_steps,
                     classifier_dir=ec.classifier_dir, classifier_steps=ec.classifier_steps,
-                    inception_weights=ec.inception_weights, seed=ec.seed)
+                    inception_weights=ec.inception_weights, seed=ec.seed,
+                    reference_split=ec.reference_split)
   return dataclasses.replace(options, **overrides)
 
 
@@ -118,9 +123,9 @@ def data_multiple(batch_size: int, mesh) -> int:
 # Feature networks of the metrics: f(options, dataset, data_dir) -> Features | None.
 FEATURES: dict[str, Callable] = {
     "classifier": lambda o, dataset, data_dir: classifier_features(
-        dataset, o.classifier_dir, o.classifier_steps, data_dir),
+        dataset, o.classifier_dir, o.classifier_steps, data_dir, o.reference_split),
     "inception": lambda o, dataset, data_dir: inception_features(
-        dataset, o.inception_weights, data_dir),
+        dataset, o.inception_weights, data_dir, o.reference_split),
 }
 METRICS = Registry("metric")
 register_metric = METRICS.register
@@ -142,8 +147,9 @@ class Evaluator:
     self._warm, self._loaded = set(), (None, None)
 
   def resolve(self, entry: Entry) -> Entry:
-    """`entry` with an absolute workdir, its checkpoint step and params kind filled in."""
-    workdir = os.path.abspath(entry.workdir)
+    """`entry` with an absolute workdir (or its bucket URI), its checkpoint step and params
+    kind filled in."""
+    workdir = str(checkpoint.workdir_path(entry.workdir))
     if workdir not in self._runs:
       saved = checkpoint.read_config(workdir)
       latest = checkpoint.require_checkpoint(workdir).latest_step()
@@ -220,11 +226,13 @@ class Evaluator:
 
 @register_metric("fd_dataset")
 def fd_dataset(evaluator: Evaluator, config, images, entry: Entry) -> dict:
-  """{'FD-<dataset>': FD of the classifier features of `images` to the test split's}."""
+  """{'FD-<dataset>': FD of the classifier features of `images` to the reference split's,
+  'reference_images': that split's size}."""
   features = evaluator.features("classifier", config)
   stats = reference.dataset_stats(features.fn, batches(images, evaluator.options.batch_size))
   return {classifier.metric_name(config.data.name):
-          frechet.frechet_distance(*stats, *features.reference)}
+          frechet.frechet_distance(*stats, *features.reference),
+          "reference_images": features.count}
 
 
 @register_metric("fidelity")
@@ -246,7 +254,8 @@ def fid_is(evaluator: Evaluator, config, images, entry: Entry) -> dict:
   outs = jax.device_get([features.fn(b) for b in batches(images, INCEPTION_BATCH)])
   logits = (None if outs[0].logits_unbiased is None
             else np.concatenate([o.logits_unbiased for o in outs]))
-  return metrics.fid_is_of(np.concatenate([o.pool for o in outs]), logits, features.reference)
+  return dict(metrics.fid_is_of(np.concatenate([o.pool for o in outs]), logits,
+                                features.reference), reference_images=features.count)
 
 
 def evaluate(entries, options: Options = Options(), reference_workdir: str = "",

@@ -4,26 +4,31 @@ FD-<dataset>: penultimate features of the dataset classifier (eval/classifier.py
 classifier directory (default `classifier.default_dir(dataset)`) holds none, one is trained on
 the dataset's train split with `classifier.train_classifier` and saved there, with a warning
 (digits, 500 steps: about 30 s on 2 CPU cores). The reference statistics are those of the
-`split` images (default 'test', unseen by the classifier), cached as
-<classifier dir>/<split>_stats.npz next to the classifier they belong to.
+`split` images (default 'train', the convention of published CIFAR-10 / ImageNet FIDs;
+`eval.reference_split` changes it), cached as <classifier dir>/<split>_stats.npz next to the
+classifier they belong to.
 
 FID / IS: the FID Inception-v3 (eval/inception.py) from a local weights file, whose
 reference statistics are cached as <weights dir>/<dataset>_<split>_inception.npz.
+Directories may be buckets (any etils.epath path).
 """
-import os
 from typing import Callable, Iterator, NamedTuple, Optional
 
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 
 from eval import classifier, inception, reference
 
 
 class Features(NamedTuple):
-  """A feature function images in [-1, 1] -> features, and the reference (mu, sigma)."""
+  """A feature function images in [-1, 1] -> features, the reference (mu, sigma), and the
+  dataset split and number of images the reference is of."""
   fn: Callable
   reference: tuple[np.ndarray, np.ndarray]
+  split: str
+  count: int
 
 
 def batches(images, batch_size: int) -> Iterator[np.ndarray]:
@@ -35,7 +40,7 @@ def batches(images, batch_size: int) -> Iterator[np.ndarray]:
 def dataset_classifier(dataset: str, directory: str = "", steps: int = 500, data_dir: str = ""):
   """(model, params, directory) of the dataset classifier, trained and saved first if missing."""
   directory = directory or classifier.default_dir(dataset)
-  if not os.path.exists(os.path.join(directory, "config.json")):
+  if not (epath.Path(directory) / "config.json").exists():
     logging.warning("No %s classifier in %s: training one for %s (%d steps).",
                     dataset, directory, classifier.metric_name(dataset), steps)
     images, labels, num_classes = classifier.load_split(dataset, "train", data_dir)
@@ -56,29 +61,28 @@ def dataset_classifier(dataset: str, directory: str = "", steps: int = 500, data
 
 
 def classifier_features(dataset: str, directory: str = "", steps: int = 500,
-                        data_dir: str = "", split: str = "test",
+                        data_dir: str = "", split: str = "train",
                         batch_size: int = 500) -> Features:
   """The classifier's feature function and the cached statistics of the `split` images."""
   model, params, directory = dataset_classifier(dataset, directory, steps, data_dir)
   fn = classifier.feature_fn(model, params)
   images, _, _ = classifier.load_split(dataset, split, data_dir)
   stats = reference.reference_stats(fn, batches(images, batch_size),
-                                    os.path.join(directory, f"{split}_stats.npz"))
-  return Features(fn, stats)
+                                    epath.Path(directory) / f"{split}_stats.npz")
+  return Features(fn, stats, split, len(images))
 
 
-def inception_features(dataset: str, weights: str = "", data_dir: str = "", split: str = "test",
+def inception_features(dataset: str, weights: str = "", data_dir: str = "", split: str = "train",
                        batch_size: int = 100) -> Optional[Features]:
   """Inception's feature function (-> InceptionOutput) and the cached pool statistics of the
   `split` images; None, with a warning, when the weights file does not exist."""
   weights = weights or inception.DEFAULT_WEIGHTS
-  if not os.path.exists(weights):
+  if not epath.Path(weights).exists():
     logging.warning("No Inception weights at %s: FID and IS are skipped (see "
                     "eval/convert_inception.py to create them).", weights)
     return None
   fn = inception.feature_fn(inception.load_variables(weights))
   images, _, _ = classifier.load_split(dataset, split, data_dir)
-  cache = os.path.join(os.path.dirname(os.path.abspath(weights)),
-                       f"{dataset.replace('/', '_')}_{split}_inception.npz")
+  cache = epath.Path(weights).parent / f"{dataset.replace('/', '_')}_{split}_inception.npz"
   stats = reference.reference_stats(lambda x: fn(x).pool, batches(images, batch_size), cache)
-  return Features(fn, stats)
+  return Features(fn, stats, split, len(images))

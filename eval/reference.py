@@ -10,10 +10,10 @@ Multi-host: statistics are of the batches this process iterates over, so pass ev
 process the whole split (not a per-process shard) or compute the cache on one process
 first; writes are atomic, so processes writing the same cache do not corrupt it.
 """
-import os
 from typing import Callable, Iterable
 
 import numpy as np
+from etils import epath
 
 from eval import frechet
 
@@ -29,7 +29,7 @@ def dataset_stats(feature_fn: Callable, images_iterable: Iterable) -> tuple[np.n
 def reference_stats(feature_fn: Callable, images_iterable: Iterable,
                     cache_path: str) -> tuple[np.ndarray, np.ndarray]:
   """(mu, sigma) loaded from `cache_path` if it exists, else computed and saved there."""
-  if os.path.exists(cache_path):
+  if epath.Path(cache_path).exists():
     return frechet.load_stats(cache_path)
   mu, sigma = dataset_stats(feature_fn, images_iterable)
   frechet.save_stats(cache_path, mu, sigma)

@@ -10,8 +10,11 @@ and fidelity is against the teacher's reference samples. Writes to out_dir:
   report.json          the rows and the settings
   quality_vs_steps.png each metric against NFE (log2 axis), one line per model
   grids/<row>.png      the first 64 samples of each row
+out_dir may be a bucket (any etils.epath path). The header names the dataset split of the
+FD / FID reference statistics and its number of images.
 """
 import dataclasses
+import io
 import json
 import os
 
@@ -107,15 +110,26 @@ def plot(rows, path: str) -> str:
     ax.grid(True, alpha=0.3)
   axes[0][0].legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=100)
   plt.close(fig)
+  epath.Path(path).write_bytes(png.getvalue())
   return path
 
 
 def metric_settings(options: quality.Options) -> dict:
   """What makes two reports' metrics comparable: rows may be merged only when these agree."""
   return dict(num_samples=options.num_samples, seed=options.seed, metrics=list(options.metrics),
-              reference_steps=options.reference_steps)
+              reference_steps=options.reference_steps, reference_split=options.reference_split)
+
+
+def reference_statistics(rows, split: str) -> str:
+  """'the <split> split (<n> images)' of the FD / FID reference statistics of `rows`, or ''
+  when no row has those metrics."""
+  counts = sorted({row["reference_images"] for row in rows if "reference_images" in row})
+  if not counts:
+    return ""
+  return f"the {split} split ({' / '.join(str(n) for n in counts)} images)"
 
 
 def markdown(rows, title: str, settings: dict, out_dir: str, plot_name: str) -> str:
@@ -123,6 +137,9 @@ def markdown(rows, title: str, settings: dict, out_dir: str, plot_name: str) -> 
   grids = "\n".join(f"- [{quality_table.row_name(r)}]({os.path.relpath(r['grid'], out_dir)})"
                     for r in rows if "grid" in r)
   header = "\n".join(f"- {k}: {v}" for k, v in settings.items())
+  statistics = reference_statistics(rows, settings.get("reference_split", "train"))
+  if statistics:
+    header += f"\n- FD / FID reference statistics: {statistics}"
   return (f"# {title}\n\nEvery row's samples come from the same noise; fidelity is against the "
           f"row's reference model's reference_steps-step DDIM samples; NFE = network "
           f"evaluations per sample; s/image after compilation.\n\n{header}\n\n"
@@ -136,25 +153,28 @@ def write_report(rows, options: quality.Options, out_dir: str, title: str,
   process 0 writes."""
   if jax.process_index() != 0:   # every host evaluates (sharded); one writes
     return
-  os.makedirs(out_dir, exist_ok=True)
-  plot(rows, os.path.join(out_dir, "quality_vs_steps.png"))
-  with open(os.path.join(out_dir, "report.json"), "w") as f:
-    json.dump(dict(extra, title=title, settings=settings, options=dataclasses.asdict(options),
-                   rows=rows), f, indent=1)
-  with open(os.path.join(out_dir, "report.md"), "w") as f:
-    f.write(markdown(rows, title, settings, out_dir, "quality_vs_steps.png"))
+  directory = epath.Path(out_dir)
+  directory.mkdir(parents=True, exist_ok=True)
+  plot(rows, directory / "quality_vs_steps.png")
+  (directory / "report.json").write_text(json.dumps(
+      dict(extra, title=title, settings=settings, options=dataclasses.asdict(options),
+           rows=rows), indent=1))
+  (directory / "report.md").write_text(
+      markdown(rows, title, settings, out_dir, "quality_vs_steps.png"))
 
 
 def report_options(out_dir: str, num_samples: int = 500, batch_size: int = 250,
                    reference_steps: int = 256, metrics=("fd_dataset", "fidelity"),
                    classifier_dir: str = "", classifier_steps: int = 500,
-                   inception_weights: str = "", seed: int = 0) -> quality.Options:
+                   inception_weights: str = "", seed: int = 0,
+                   reference_split: str = "train") -> quality.Options:
   """The evaluation options of a report whose grids go to <out_dir>/grids."""
   return quality.Options(num_samples=num_samples, batch_size=batch_size,
                          metrics=tuple(metrics), reference_steps=reference_steps,
                          classifier_dir=classifier_dir, classifier_steps=classifier_steps,
                          inception_weights=inception_weights, seed=seed,
-                         grid_dir=os.path.join(out_dir, "grids"))
+                         grid_dir=os.path.join(out_dir, "grids"),
+                         reference_split=reference_split)
 
 
 def quality_report(teacher_workdir: str, student_workdirs, out_dir: str, steps=(1, 2, 4, 8, 16, 32, 64),

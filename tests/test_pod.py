@@ -231,3 +231,58 @@ def test_two_processes_train_resume_and_sample(tmp_path):
   assert [f for f in written if f.endswith(".npz")] == ["ddim_2steps_ckpt6.npz"]
   images = np.load(os.path.join(workdir, "samples", "ddim_2steps_ckpt6.npz"))["images"]
   assert images.shape == (12, 8, 8, 1) and np.all(np.isfinite(images))
+
+
+# --- Bucket workdirs (item 1) -----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_bucket_workdir_trains_resumes_samples_and_reports(tmp_path, monkeypatch):
+  import tensorflow as tf
+  from etils import epath
+
+  from eval import classifier
+  from eval.report import quality_report
+  from tests import fake_bucket
+  from training.sample_checkpoint import sample_from_workdir
+
+  fake_bucket.install(monkeypatch, str(tmp_path / "bucket_store"))
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  teacher, student = "ram://bucket/teacher", "ram://bucket/student"
+
+  config = tiny_teacher_config(num_train_steps=3, sample_every_steps=3)
+  Trainer(config, teacher, make_mesh(8)).run()                          # train, stop ...
+  resumed = Trainer(tiny_teacher_config(num_train_steps=4), teacher, make_mesh(8))
+  assert int(resumed.state.step) == 3                                   # ... resume
+  resumed.run()
+  distill = _distill(teacher)
+  Trainer(distill, student, make_mesh(8)).run()
+  sample_config = tiny_teacher_config().sample
+  sample_config.update(num_samples=8, batch_size=8)
+  images = sample_from_workdir(teacher, sample_config, make_mesh(8))
+  rows = quality_report(teacher, [student], "ram://bucket/report", steps=(1, 2), num_samples=8,
+                        batch_size=8, reference_steps=4, classifier_steps=20,
+                        classifier_dir="ram://bucket/classifier", mesh=make_mesh(8))
+
+  assert os.listdir(cwd) == []                     # nothing local: no ./ram:/... folders
+  bucket = epath.Path("ram://bucket")
+  assert sorted(p.name for p in (bucket / "teacher" / "checkpoints").iterdir()) == ["3", "4"]
+  assert (bucket / "teacher" / "samples" / "samples_step0000003.png").exists()
+  saved = np.load((bucket / "teacher" / "samples" / "ddim_2steps_ckpt4.npz").open("rb"))
+  np.testing.assert_array_equal(saved["images"], images)
+  assert sorted(json_keys(bucket / "student" / "stage_metrics.json")) == ["1steps", "2steps"]
+  assert (bucket / "classifier" / "config.json").exists()
+  assert (bucket / "classifier" / "train_stats.npz").exists()
+  report = (bucket / "report" / "report.md").read_text()
+  train_size = len(classifier.load_split("digits", "train")[0])
+  assert f"FD / FID reference statistics: the train split ({train_size} images)" in report
+  assert {r["model"] for r in rows} == {"teacher", "student"}
+  assert (bucket / "report" / "quality_vs_steps.png").exists()
+  assert all((bucket / "report" / "grids" / os.path.basename(r["grid"])).exists() for r in rows)
+  assert tf.io.gfile.glob(f"{teacher}/events.out.tfevents.*")   # TensorBoard, TF's ram://
+
+
+def json_keys(path):
+  import json
+  return json.loads(path.read_text())

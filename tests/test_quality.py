@@ -73,7 +73,7 @@ def test_missing_classifier_is_trained_and_cached(classifier_dir):
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded), strict=True):
     np.testing.assert_array_equal(np.asarray(a), b)
   features = quality_features.classifier_features("digits", classifier_dir, CLASSIFIER_STEPS)
-  assert os.path.exists(os.path.join(classifier_dir, "test_stats.npz"))
+  assert os.path.exists(os.path.join(classifier_dir, "train_stats.npz"))   # eval.reference_split
   mu, sigma = features.reference
   assert mu.shape == (model.features,) and sigma.shape == (model.features, model.features)
 

@@ -14,7 +14,6 @@ identical samples is written as Infinity, which Python's json reads), to TensorB
 the first 64 samples of each row go to <workdir>/eval/grids_step<k>/.
 """
 import json
-import os
 
 import jax
 from absl import logging
@@ -24,13 +23,13 @@ from eval import quality, quality_table, sample_programs
 from training import checkpoint
 
 DESCRIPTIVE = ("model", "workdir", "checkpoint_step", "params", "sampler", "steps",
-               "guidance_weight", "num_samples", "grid")
+               "guidance_weight", "num_samples", "grid", "reference_images")
 
 
 def reference_workdir(saved_config: dict, workdir: str) -> str:
   """The saved teacher.workdir if it holds checkpoints, else `workdir` itself."""
   teacher = saved_config.get("teacher", {}).get("workdir", "")
-  if teacher and os.path.isdir(checkpoint.checkpoint_dir(teacher)):
+  if teacher and checkpoint.checkpoint_dir(teacher).is_dir():
     return teacher
   if teacher:
     logging.warning("The teacher %s has no checkpoints: fidelity is measured against %s.",
@@ -62,32 +61,33 @@ def scalars(rows) -> dict:
 
 def write_results(workdir: str, step: int, rows, summary: dict) -> str:
   """<workdir>/eval/metrics_step<k>.json (process 0) and TensorBoard scalars at step k."""
-  directory = os.path.join(workdir, "eval")
-  path = os.path.join(directory, f"metrics_step{step}.json")
-  writer = metric_writers.create_default_writer(directory, just_logging=jax.process_index() > 0)
+  directory = checkpoint.workdir_path(workdir) / "eval"
+  path = directory / f"metrics_step{step}.json"
+  writer = metric_writers.create_default_writer(str(directory),
+                                                just_logging=jax.process_index() > 0)
   writer.write_scalars(step, scalars(rows))
   writer.flush()
   if jax.process_index() == 0:
-    with open(path, "w") as f:
-      json.dump(dict(summary, rows=rows), f, indent=1)
-  return path
+    path.write_text(json.dumps(dict(summary, rows=rows), indent=1))
+  return str(path)
 
 
 def evaluate_workdir(workdir: str, eval_config, mesh=None) -> list[dict]:
   """Evaluate the latest checkpoint of `workdir`; write and print the rows (see module doc)."""
-  workdir = os.path.abspath(workdir)
+  workdir = str(checkpoint.workdir_path(workdir))
   saved = checkpoint.read_config(workdir)
   step, what = checkpoint.select_step(workdir, eval_config.get("checkpoint", "best"))
   logging.info("evaluating %s: step %d", what, step)
   print(f"evaluating {what}: step {step} (--config.eval.checkpoint=best|latest|<step>)")
   reference = reference_workdir(saved, workdir)
   options = quality.options_from_config(
-      eval_config, grid_dir=os.path.join(workdir, "eval", f"grids_step{step}"))
+      eval_config, grid_dir=str(checkpoint.workdir_path(workdir) / "eval" / f"grids_step{step}"))
   rows = quality.evaluate(eval_entries(workdir, eval_config, saved, step), options, reference,
                           mesh)
   summary = dict(workdir=workdir, checkpoint_step=step, reference_workdir=reference,
                  reference_steps=options.reference_steps, num_samples=options.num_samples,
-                 seed=options.seed, metrics=list(options.metrics))
+                 seed=options.seed, metrics=list(options.metrics),
+                 reference_split=options.reference_split)
   path = write_results(workdir, step, rows, summary)
   print(quality_table.format_table(rows))
   print(f"wrote {path}")

@@ -4,8 +4,6 @@ one by held-out loss when the run kept one, else the latest; or 'latest', or a s
 The network and process come from the config saved with the checkpoint; the
 `sample` section (sampler, steps, guidance weight, count, labels) from the command line.
 """
-import os
-
 import jax
 import ml_collections
 import numpy as np
@@ -13,6 +11,7 @@ from absl import logging
 
 from eval.generate import generate
 from eval.grid import save_grid
+from eval.npz_tree import write_npz
 from training import checkpoint
 from training.checkpoint import read_config
 from training.mesh import make_mesh
@@ -50,10 +49,10 @@ def sample_from_workdir(workdir: str, sample_config, mesh=None):
   name = f"{sc.sampler}_{sc.num_steps}steps"
   if sc.guidance_weight:
     name += f"_w{sc.guidance_weight:g}"
-  out = os.path.join(workdir, "samples", f"{name}_ckpt{step}")
+  out = checkpoint.workdir_path(workdir) / "samples" / f"{name}_ckpt{step}"
   if jax.process_index() == 0:
-    save_grid(images[:256], out + ".png")
-    np.savez(out + ".npz", images=images)
+    save_grid(images[:256], f"{out}.png")
+    write_npz(f"{out}.npz", images=images)
     logging.info("wrote %s.png and %s.npz", out, out)
     print(f"wrote {out}.png and {out}.npz")
   return images
