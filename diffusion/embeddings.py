@@ -1,6 +1,6 @@
 """Conditioning embeddings shared by the networks: time, class label, guidance weight."""
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -16,25 +16,29 @@ def sinusoidal(x, dim: int, max_period: float = 10_000.0):
 
 class ConditionEmbedding(nn.Module):
   """Sum of a time MLP, a learned class embedding (null class = num_classes) and a
-  zero-initialised guidance-weight MLP, so a guided student starts equal to its teacher."""
+  zero-initialised guidance-weight MLP, so a guided student starts equal to its teacher.
+  `dtype` is the compute dtype (the sinusoidal features are float32)."""
   dim: int
   num_classes: int = 0
   guidance: bool = False
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, time, label: Optional[jnp.ndarray] = None,
                w: Optional[jnp.ndarray] = None):
     # Time inputs are logSNRs in [-20, 20] or t in [0, 1]; scale so both span many periods.
     emb = sinusoidal(time * 50.0, self.dim)
-    emb = nn.Dense(self.dim)(emb)
-    emb = nn.Dense(self.dim)(nn.swish(emb))
+    dense = lambda **kwargs: nn.Dense(self.dim, dtype=self.dtype, **kwargs)
+    emb = dense()(emb)
+    emb = dense()(nn.swish(emb))
     if self.num_classes:
       if label is None:
         label = jnp.full(time.shape, self.num_classes, jnp.int32)
-      emb += nn.Embed(self.num_classes + 1, self.dim, name="label_embedding")(label)
+      emb += nn.Embed(self.num_classes + 1, self.dim, dtype=self.dtype,
+                      name="label_embedding")(label)
     if self.guidance:
       if w is None:
         w = jnp.zeros(time.shape, jnp.float32)
-      h = nn.swish(nn.Dense(self.dim)(sinusoidal(w * 100.0, self.dim)))
-      emb += nn.Dense(self.dim, kernel_init=nn.initializers.zeros, name="w_out")(h)
+      h = nn.swish(dense()(sinusoidal(w * 100.0, self.dim)))
+      emb += dense(kernel_init=nn.initializers.zeros, name="w_out")(h)
     return emb

@@ -3,10 +3,15 @@
 GroupNorm + swish residual blocks with FiLM (scale, shift) from the conditioning
 embedding, self-attention at chosen resolutions, zero-initialised output convs.
 Input and output are (B, H, W, C) images.
+
+Mixed precision: `dtype` is the compute dtype of every layer (e.g. 'bfloat16' on
+accelerators); parameters stay float32 (flax's param_dtype), normalisation statistics and
+the attention softmax run in float32, and the output is float32.
 """
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from diffusion.embeddings import ConditionEmbedding
@@ -15,36 +20,45 @@ from diffusion.heads import with_extra_heads
 zeros = nn.initializers.zeros
 
 
-def norm(x):
-  return nn.GroupNorm(num_groups=min(32, x.shape[-1] // 4 or 1))(x)
+def norm(x, dtype=jnp.float32):
+  return nn.GroupNorm(num_groups=min(32, x.shape[-1] // 4 or 1), dtype=dtype)(x)
+
+
+def float32_outputs(o):
+  """A network's output (or tuple of head outputs) in float32, for the loss and samplers."""
+  return jax.tree.map(lambda a: a.astype(jnp.float32), o)
 
 
 class ResBlock(nn.Module):
   """h = x + conv(dropout(swish(FiLM(norm(conv(swish(norm(x)))), emb)))), zero-init last conv."""
   channels: int
   dropout: float = 0.0
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, emb, train: bool):
-    h = nn.Conv(self.channels, (3, 3))(nn.swish(norm(x)))
-    scale, shift = jnp.split(nn.Dense(2 * self.channels)(nn.swish(emb)), 2, axis=-1)
-    h = norm(h) * (1.0 + scale[:, None, None]) + shift[:, None, None]
+    dt = self.dtype
+    h = nn.Conv(self.channels, (3, 3), dtype=dt)(nn.swish(norm(x, dt)))
+    scale, shift = jnp.split(nn.Dense(2 * self.channels, dtype=dt)(nn.swish(emb)), 2, axis=-1)
+    h = norm(h, dt) * (1.0 + scale[:, None, None]) + shift[:, None, None]
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.swish(h))
-    h = nn.Conv(self.channels, (3, 3), kernel_init=zeros)(h)
+    h = nn.Conv(self.channels, (3, 3), kernel_init=zeros, dtype=dt)(h)
     if x.shape[-1] != self.channels:
-      x = nn.Conv(self.channels, (1, 1))(x)
+      x = nn.Conv(self.channels, (1, 1), dtype=dt)(x)
     return x + h
 
 
 class AttnBlock(nn.Module):
   """Residual multi-head self-attention over the spatial positions, zero-init output."""
   num_heads: int = 1
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     b, h, w, c = x.shape
-    y = norm(x).reshape(b, h * w, c)
-    y = nn.MultiHeadDotProductAttention(self.num_heads, out_kernel_init=zeros)(y, y)
+    y = norm(x, self.dtype).reshape(b, h * w, c)
+    y = nn.MultiHeadDotProductAttention(self.num_heads, out_kernel_init=zeros, dtype=self.dtype,
+                                        force_fp32_for_softmax=True)(y, y)
     return x + y.reshape(b, h, w, c)
 
 
@@ -59,27 +73,29 @@ class UNet(nn.Module):
   num_classes: int = 0
   guidance: bool = False
   output_heads: int = 1   # > 1: a tuple (main output, OutputHead 2, ...) from one forward
+  dtype: str = "float32"  # compute dtype; parameters and the output stay float32
 
   @nn.compact
   def __call__(self, z, time, label=None, w=None, train: bool = False):
-    emb = ConditionEmbedding(4 * self.ch, self.num_classes, self.guidance)(time, label, w)
-    block = lambda c: ResBlock(c, self.dropout)
+    dt = jnp.dtype(self.dtype)
+    emb = ConditionEmbedding(4 * self.ch, self.num_classes, self.guidance, dt)(time, label, w)
+    block = lambda c: ResBlock(c, self.dropout, dt)
 
     def maybe_attn(h):
-      return AttnBlock(self.num_heads)(h) if h.shape[1] in self.attn_resolutions else h
+      return AttnBlock(self.num_heads, dt)(h) if h.shape[1] in self.attn_resolutions else h
 
-    h = nn.Conv(self.ch, (3, 3))(z)
+    h = nn.Conv(self.ch, (3, 3), dtype=dt)(z)
     skips = [h]
     for level, mult in enumerate(self.ch_mult):
       for _ in range(self.num_res_blocks):
         h = maybe_attn(block(self.ch * mult)(h, emb, train))
         skips.append(h)
       if level != len(self.ch_mult) - 1:
-        h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2))(h)
+        h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=dt)(h)
         skips.append(h)
 
     h = block(h.shape[-1])(h, emb, train)
-    h = AttnBlock(self.num_heads)(h)
+    h = AttnBlock(self.num_heads, dt)(h)
     h = block(h.shape[-1])(h, emb, train)
 
     for level, mult in reversed(list(enumerate(self.ch_mult))):
@@ -88,20 +104,23 @@ class UNet(nn.Module):
       if level != 0:
         b, hh, ww, c = h.shape
         h = jax_resize(h, (b, 2 * hh, 2 * ww, c))
-        h = nn.Conv(c, (3, 3))(h)
+        h = nn.Conv(c, (3, 3), dtype=dt)(h)
     assert not skips
-    o = nn.Conv(z.shape[-1], (3, 3), kernel_init=zeros)(nn.swish(norm(h)))
-    return with_extra_heads(o, h, self.output_heads, lambda name: OutputHead(z.shape[-1], name=name))
+    o = nn.Conv(z.shape[-1], (3, 3), kernel_init=zeros, dtype=dt)(nn.swish(norm(h, dt)))
+    return float32_outputs(with_extra_heads(
+        o, h, self.output_heads, lambda name: OutputHead(z.shape[-1], dt, name=name)))
 
 
 class OutputHead(nn.Module):
   """An extra output on the last decoder features: GroupNorm -> swish -> zero-initialised
   3x3 conv (CUD's Runge-Kutta heads), so it starts at exactly zero."""
   channels: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, h):
-    return nn.Conv(self.channels, (3, 3), kernel_init=zeros)(nn.swish(norm(h)))
+    return nn.Conv(self.channels, (3, 3), kernel_init=zeros,
+                   dtype=self.dtype)(nn.swish(norm(h, self.dtype)))
 
 
 def jax_resize(x, shape):
