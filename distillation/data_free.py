@@ -28,6 +28,19 @@ from diffusion.parameterization import Prediction
 from sampling import guided
 
 
+def example_keys(rng, index):
+  """One PRNG key per example, fold_in(rng, index_i), for the batch's global example counter
+  `index` (B,). Draws made from them (`per_example`) are laid out like `index`, split over
+  the devices; noise drawn at once from one replicated key would be computed whole on every
+  device (XLA finds nothing to split it by), so the whole step would be too."""
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, index)
+
+
+def per_example(keys, draw):
+  """draw(key) for each key of `keys` (B,): B independent draws stacked, (B, ...)."""
+  return jax.vmap(draw)(keys)
+
+
 def uniform_labels(rng, batch_size: int, num_classes: int):
   """Labels c ~ U{0, ..., num_classes - 1}, int32 (batch_size,)."""
   return jax.random.randint(rng, (batch_size,), 0, num_classes, jnp.int32)
@@ -61,6 +74,23 @@ class DataFreeConditioning:
         raise ValueError(f"w_min={section.w_min} must not exceed w_max={section.w_max}.")
       return cls(num_classes, (float(section.w_min), float(section.w_max)))
     return cls(num_classes, None, float(section.guidance_weight))
+
+  @property
+  def teacher_evaluations(self) -> float:
+    """Network evaluations per example of one f_T call: 2 when guided (the conditional and
+    unconditional branches), else 1."""
+    guided_teacher = self.num_classes and (self.w_range is not None or self.guidance_weight)
+    return 2.0 if guided_teacher else 1.0
+
+  def check_sample_weight(self, w):
+    """Raise a clear error unless a student trained under this conditioning can sample at
+    `sample.guidance_weight` w: a w-conditioned student at any w; one that learned the
+    teacher at a fixed w only at that w (0 = the one it learned)."""
+    if self.num_classes and self.w_range is None and w not in (0.0, self.guidance_weight):
+      raise ValueError(f"This student learned the teacher guided at the fixed w="
+                       f"{self.guidance_weight} and cannot sample at sample.guidance_weight="
+                       f"{w}: leave it 0 (or train a w-conditioned student, "
+                       "model.guidance=True).")
 
   def draw(self, rng, batch_size: int) -> Optional[dict]:
     """The student's training cond: None for an unconditional teacher; else {'label':
