@@ -170,6 +170,25 @@ def test_sigterm_ends_the_pipeline_and_unfinished_teachers_are_refused(tmp_path)
   assert checkpoint.make_manager(str(tmp_path / "student"), read_only=True).latest_step() == 4
 
 
+def test_sigterm_between_two_parts_stops_the_pipeline_before_the_next(tmp_path, monkeypatch):
+  from tests.pod_configs import tiny_pipeline
+  from training import pipeline
+  config = tiny_pipeline()
+  config.parts.teacher.num_train_steps = 2
+  record = pipeline.record_cost
+
+  def record_then_sigterm(*args):           # the teacher part has finished: a SIGTERM now
+    cost = record(*args)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return cost
+  monkeypatch.setattr(pipeline, "record_cost", record_then_sigterm)
+  with pytest.raises(trainer_module.StoppedEarly, match="before part 'progressive'"):
+    pipeline.run_pipeline(config, str(tmp_path))
+  assert checkpoint.make_manager(str(tmp_path / "teacher"), read_only=True).latest_step() == 2
+  assert not (tmp_path / "progressive").exists() and not (tmp_path / "report").exists()
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL    # the handler is given back
+
+
 # --- Two processes x 4 CPU devices on localhost (item 9) --------------------------------------
 
 def _free_port() -> int:

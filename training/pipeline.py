@@ -6,6 +6,11 @@ restarts at its last step and returns at once. After each part's run, its traini
 added to <workdir>/<part>/train_cost.json (wall-clock seconds of every sitting, updates,
 teacher network evaluations). The report (<workdir>/report) has a row per (part, steps,
 sampler, w), with the part's training cost beside its metrics.
+
+A SIGTERM (preemption) ends the pipeline: the running part saves its checkpoint and stops,
+no later part starts and no report is written; `StoppedEarly` is raised (main.py exits with
+status 75) and the same command continues. A distillation part refuses a teacher part that
+has not reached the end of its schedule (training/pretrained.py, teacher.allow_unfinished).
 """
 import json
 import time
@@ -17,7 +22,7 @@ from etils import epath
 from eval import quality
 from eval.report import metric_settings, model_entries, report_options, write_report
 from training.method import get_method
-from training.trainer import train
+from training.trainer import Preemption, StoppedEarly, train
 
 COST_FILE = "train_cost.json"
 
@@ -76,13 +81,24 @@ def run_pipeline(config, workdir: str) -> list[dict]:
   root = epath.Path(workdir)
   order = part_order(config)
   costs = {}
-  for i, part in enumerate(order):
-    run = part_run_config(config, part, workdir)
-    logging.info("pipeline %d/%d: %s (%s) in %s", i + 1, len(order) + 1, part, run.method,
-                 root / part)
-    start = time.time()
-    train(run, str(root / part))
-    costs[part] = record_cost(run, root / part, time.time() - start)
+  preemption = Preemption()     # a SIGTERM between two parts stops before the next one
+  try:
+    for i, part in enumerate(order):
+      if preemption.requested:
+        raise StoppedEarly(f"The pipeline in {root} stopped on request before part {part!r}; "
+                           f"run the same command again to continue.")
+      run = part_run_config(config, part, workdir)
+      logging.info("pipeline %d/%d: %s (%s) in %s", i + 1, len(order) + 1, part, run.method,
+                   root / part)
+      start = time.time()
+      try:
+        train(run, str(root / part))
+      except StoppedEarly:            # a SIGTERM stopped the part: its sitting still counts
+        record_cost(run, root / part, time.time() - start)
+        raise
+      costs[part] = record_cost(run, root / part, time.time() - start)
+  finally:
+    preemption.restore()
   report_dir = root / "report"
   logging.info("pipeline %d/%d: quality report in %s", len(order) + 1, len(order) + 1,
                report_dir)

@@ -39,27 +39,37 @@ class StoppedEarly(RuntimeError):
 
 
 class Preemption:
-  """Turns SIGTERM into a request to checkpoint and stop at the next step.
+  """Turns SIGTERM into a request to checkpoint and stop at the next step, from its creation
+  to `restore()`.
 
-  Multi-host, jax's preemption sync point makes all hosts stop at the same step.
+  Nested ones (a pipeline's around its parts' trainers) share one request: a SIGTERM between
+  two parts stops the pipeline before the next, one during a part stops that part. The
+  outermost starts with no request. Multi-host, jax's preemption sync point makes all hosts
+  stop at the same step.
   """
+  requested = False   # shared by every Preemption in force
+  _in_force = 0
 
   def __init__(self):
-    self.requested = False
+    if Preemption._in_force == 0:
+      Preemption.requested = False
+    Preemption._in_force += 1
     # Multi-host, jax.distributed's own SIGTERM handler feeds the sync point: keep it.
     self._previous = (signal.signal(signal.SIGTERM, self._handle)
                       if jax.process_count() == 1 else None)
 
-  def _handle(self, signum, frame):
+  @staticmethod
+  def _handle(signum, frame):
     logging.warning("SIGTERM received: saving a checkpoint and stopping.")
-    self.requested = True
+    Preemption.requested = True
 
   def should_stop(self, step: int) -> bool:
     if jax.process_count() > 1:
       return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
+    return Preemption.requested
 
   def restore(self):
+    Preemption._in_force -= 1
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
