@@ -5,18 +5,22 @@ import jax.numpy as jnp
 
 from diffusion.denoiser import make_denoiser, model_apply_fn
 from diffusion.mlp import MLP
+from diffusion.nested_unet import NestedUNet
 from diffusion.processes import get_process
 from diffusion.registry import Registry
 from diffusion.unet import UNet
 
 NETWORKS = Registry("network")
-NETWORKS.update(unet=UNet, mlp=MLP)
+NETWORKS.update(unet=UNet, mlp=MLP, nested_unet=NestedUNet)
 
 
 def build_network(model_config):
-  """Instantiate `model_config.name` with the other keys of the section as fields."""
+  """Instantiate `model_config.name` with the other keys of the section as fields (a nested
+  `inner` section is built the same way: a NestedUNet's inner network)."""
   kwargs = dict(model_config)  # a ConfigDict or a plain dict
   name = kwargs.pop("name")
+  if "inner" in kwargs:
+    kwargs["inner"] = build_network(kwargs["inner"])
   network = NETWORKS.lookup(name)
   fields = {f.name for f in dataclasses.fields(network)} - {"parent", "name"}
   unknown = sorted(set(kwargs) - fields)
@@ -45,7 +49,9 @@ def build_denoiser(config, **model_overrides):
 
 
 def init_params(network, rng, shape):
-  """Parameters of `network` for inputs of per-example shape `shape`."""
-  z = jnp.zeros((1,) + tuple(shape), jnp.float32)
+  """Parameters of `network` for inputs of per-example shape `shape` (for a NestedUNet a
+  tuple of shapes, lowest resolution first)."""
+  zeros = lambda s: jnp.zeros((1,) + tuple(s), jnp.float32)
+  z = tuple(map(zeros, shape)) if isinstance(shape[0], (tuple, list)) else zeros(shape)
   time = jnp.zeros((1,), jnp.float32)
   return network.init(rng, z, time, label=None, w=None)["params"]

@@ -76,39 +76,72 @@ class UNet(nn.Module):
   dtype: str = "float32"  # compute dtype; parameters and the output stay float32
 
   @nn.compact
-  def __call__(self, z, time, label=None, w=None, train: bool = False):
+  def __call__(self, z, time, label=None, w=None, train: bool = False, features=None,
+               return_features: bool = False):
+    """`features` (optional) are added to the input convolution's output (a NestedUNet's
+    in_adapter); `return_features` also returns the last decoder features: (output, h)."""
     dt = jnp.dtype(self.dtype)
     emb = ConditionEmbedding(4 * self.ch, self.num_classes, self.guidance, dt)(time, label, w)
     block = lambda c: ResBlock(c, self.dropout, dt)
 
-    def maybe_attn(h):
-      return AttnBlock(self.num_heads, dt)(h) if h.shape[1] in self.attn_resolutions else h
-
     h = nn.Conv(self.ch, (3, 3), dtype=dt)(z)
-    skips = [h]
-    for level, mult in enumerate(self.ch_mult):
-      for _ in range(self.num_res_blocks):
-        h = maybe_attn(block(self.ch * mult)(h, emb, train))
-        skips.append(h)
-      if level != len(self.ch_mult) - 1:
-        h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=dt)(h)
-        skips.append(h)
+    if features is not None:
+      h = h + features
+    h, skips = down_path(self, h, emb, train)
 
     h = block(h.shape[-1])(h, emb, train)
     h = AttnBlock(self.num_heads, dt)(h)
     h = block(h.shape[-1])(h, emb, train)
 
-    for level, mult in reversed(list(enumerate(self.ch_mult))):
-      for _ in range(self.num_res_blocks + 1):
-        h = maybe_attn(block(self.ch * mult)(jnp.concatenate([h, skips.pop()], -1), emb, train))
-      if level != 0:
-        b, hh, ww, c = h.shape
-        h = jax_resize(h, (b, 2 * hh, 2 * ww, c))
-        h = nn.Conv(c, (3, 3), dtype=dt)(h)
-    assert not skips
+    h = up_path(self, h, skips, emb, train)
     o = nn.Conv(z.shape[-1], (3, 3), kernel_init=zeros, dtype=dt)(nn.swish(norm(h, dt)))
-    return float32_outputs(with_extra_heads(
+    o = float32_outputs(with_extra_heads(
         o, h, self.output_heads, lambda name: OutputHead(z.shape[-1], dt, name=name)))
+    return (o, h) if return_features else o
+
+
+# The encoder and decoder halves, shared with the NestedUNet's outer shell. `net` is the module
+# whose compact method calls them (its fields ch, ch_mult, num_res_blocks, attn_resolutions,
+# num_heads, dropout, dtype); the layers they create are that module's, named in creation order.
+
+def _blocks(net):
+  """(block(channels), maybe_attn(h)): a ResBlock, and attention at net.attn_resolutions."""
+  dt = jnp.dtype(net.dtype)
+
+  def maybe_attn(h):
+    return AttnBlock(net.num_heads, dt)(h) if h.shape[1] in net.attn_resolutions else h
+
+  return (lambda c: ResBlock(c, net.dropout, dt)), maybe_attn
+
+
+def down_path(net, h, emb, train):
+  """Residual blocks and stride-2 convolutions from the input convolution's output h; returns
+  the lowest-resolution features and the skip activations (h first)."""
+  block, maybe_attn = _blocks(net)
+  skips = [h]
+  for level, mult in enumerate(net.ch_mult):
+    for _ in range(net.num_res_blocks):
+      h = maybe_attn(block(net.ch * mult)(h, emb, train))
+      skips.append(h)
+    if level != len(net.ch_mult) - 1:
+      h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=jnp.dtype(net.dtype))(h)
+      skips.append(h)
+  return h, skips
+
+
+def up_path(net, h, skips, emb, train):
+  """Residual blocks over [h, skip] and nearest-neighbour upsampling back to the input size;
+  consumes every skip activation."""
+  block, maybe_attn = _blocks(net)
+  for level, mult in reversed(list(enumerate(net.ch_mult))):
+    for _ in range(net.num_res_blocks + 1):
+      h = maybe_attn(block(net.ch * mult)(jnp.concatenate([h, skips.pop()], -1), emb, train))
+    if level != 0:
+      b, hh, ww, c = h.shape
+      h = jax_resize(h, (b, 2 * hh, 2 * ww, c))
+      h = nn.Conv(c, (3, 3), dtype=jnp.dtype(net.dtype))(h)
+  assert not skips
+  return h
 
 
 class OutputHead(nn.Module):
