@@ -40,6 +40,7 @@ flags.DEFINE_string("classifier_dir", "", "Dataset classifier directory ('' = th
 flags.DEFINE_integer("classifier_steps", 500, "Training steps if the classifier is missing.")
 flags.DEFINE_string("inception_weights", "", "FID Inception .npz ('' = the default path).")
 flags.DEFINE_integer("seed", 0, "Seed of the shared noise.")
+flags.DEFINE_bool("clip_x", True, "Clip x_hat to [-1, 1] at every sampler step (every row).")
 flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/diffusion_distillation_jax"),
                     "Persistent XLA compilation cache directory ('' to disable).")
 flags.DEFINE_list("merge", [], "report.json files to merge into one table in --out (refused "
@@ -66,7 +67,8 @@ def main(argv):
                         reference_steps=FLAGS.reference_steps, metrics=FLAGS.metrics,
                         classifier_dir=FLAGS.classifier_dir,
                         classifier_steps=FLAGS.classifier_steps,
-                        inception_weights=FLAGS.inception_weights, seed=FLAGS.seed)
+                        inception_weights=FLAGS.inception_weights, seed=FLAGS.seed,
+                        clip_x=FLAGS.clip_x)
   print(quality_table.format_table(rows))
   print(f"wrote {FLAGS.out}/report.md, report.json, quality_vs_steps.png and grids/")
 

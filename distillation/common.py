@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from diffusion.networks import init_params
 from eval.fidelity import fidelity
 from sampling import decoders, get_sampler, guided
+from sampling.clipping import clipped
 from sampling.guidance import is_static_zero
 from training.mesh import constrain_batch
 from training.pretrained import check_same_structure
@@ -100,7 +101,8 @@ def sample_images(config, denoise, process, params, rng, num_samples: int, num_s
   """Images from `config.sample.sampler` with `num_steps` steps, starting at z_1 ~ N(0, I).
 
   Class-conditional models get `sample_cond` and, when guidance_weight (default
-  `sample.guidance_weight`) is non-zero, classifier-free guidance.
+  `sample.guidance_weight`) is non-zero, classifier-free guidance; with `sample.clip_x`
+  every step's x_hat (after guidance) is clipped to [-1, 1] (sampling.clipping).
   """
   sc = config.sample
   if get_sampler(sc.sampler).maps_data_to_noise:
@@ -113,6 +115,8 @@ def sample_images(config, denoise, process, params, rng, num_samples: int, num_s
                      "(model.num_classes > 0).")
   if num_classes and not config.model.guidance:
     denoise = guided(denoise, w, num_classes)
+  if sc.get("clip_x", False):   # configs saved before sample.clip_x existed sampled unclipped
+    denoise = clipped(denoise, process)
   z, sampler_rng = initial_noise(config, rng, num_samples)
   return get_sampler(sc.sampler)(denoise, params, z, sample_cond(config, num_samples, w),
                                  process=process, num_steps=num_steps, rng=sampler_rng,

@@ -85,6 +85,7 @@ class Options:
   grid_dir: str = ""
   grid_samples: int = 64
   reference_split: str = "train"
+  clip_x: bool = True   # x_hat clipped to [-1, 1] at every sampler step (sample.clip_x)
 
 
 def parse_list(value, kind=str) -> list:
@@ -100,7 +101,7 @@ def options_from_config(eval_config, **overrides) -> Options:
                     metrics=tuple(parse_list(ec.metrics)), reference_steps=ec.reference_steps,
                     classifier_dir=ec.classifier_dir, classifier_steps=ec.classifier_steps,
                     inception_weights=ec.inception_weights, seed=ec.seed,
-                    reference_split=ec.reference_split)
+                    reference_split=ec.reference_split, clip_x=ec.clip_x)
   return dataclasses.replace(options, **overrides)
 
 
@@ -170,7 +171,7 @@ class Evaluator:
   def _draw(self, entry: Entry) -> Samples:
     """options.num_samples images of a resolved entry, and the time per image."""
     saved, params = self._load(entry)
-    config = sampling_config(saved, entry.sampler, entry.guidance_weight)
+    config = sampling_config(saved, entry.sampler, entry.guidance_weight, self.options.clip_x)
     program, bs, n = sample_program(config), self.options.batch_size, self.options.num_samples
     if program not in self._warm:
       generate.generate(program, bs, bs, self.rng, self.mesh, args=(params, np.int32(1)))

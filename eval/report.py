@@ -120,7 +120,8 @@ def plot(rows, path: str) -> str:
 def metric_settings(options: quality.Options) -> dict:
   """What makes two reports' metrics comparable: rows may be merged only when these agree."""
   return dict(num_samples=options.num_samples, seed=options.seed, metrics=list(options.metrics),
-              reference_steps=options.reference_steps, reference_split=options.reference_split)
+              reference_steps=options.reference_steps, reference_split=options.reference_split,
+              clip_x=options.clip_x)
 
 
 def reference_statistics(rows, split: str) -> str:
@@ -167,14 +168,14 @@ def report_options(out_dir: str, num_samples: int = 500, batch_size: int = 250,
                    reference_steps: int = 256, metrics=("fd_dataset", "fidelity"),
                    classifier_dir: str = "", classifier_steps: int = 500,
                    inception_weights: str = "", seed: int = 0,
-                   reference_split: str = "train") -> quality.Options:
+                   reference_split: str = "train", clip_x: bool = True) -> quality.Options:
   """The evaluation options of a report whose grids go to <out_dir>/grids."""
   return quality.Options(num_samples=num_samples, batch_size=batch_size,
                          metrics=tuple(metrics), reference_steps=reference_steps,
                          classifier_dir=classifier_dir, classifier_steps=classifier_steps,
                          inception_weights=inception_weights, seed=seed,
                          grid_dir=os.path.join(out_dir, "grids"),
-                         reference_split=reference_split)
+                         reference_split=reference_split, clip_x=clip_x)
 
 
 def quality_report(teacher_workdir: str, student_workdirs, out_dir: str, steps=(1, 2, 4, 8, 16, 32, 64),

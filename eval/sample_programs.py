@@ -54,11 +54,14 @@ def guidance_weights_for(config, weights) -> list[float]:
   return [0.0]
 
 
-def sampling_config(saved_config: dict, sampler: str, guidance_weight: float):
-  """The saved run config with `sample.sampler` and `sample.guidance_weight` replaced."""
+def sampling_config(saved_config: dict, sampler: str, guidance_weight: float,
+                    clip_x: bool = True):
+  """The saved run config with `sample.sampler`, `sample.guidance_weight` and `sample.clip_x`
+  replaced (evaluation decides clipping for every row alike)."""
   config = ml_collections.ConfigDict(saved_config)
   config.sample.sampler = sampler
   config.sample.guidance_weight = float(guidance_weight)
+  config.sample.clip_x = bool(clip_x)
   return config
 
 

@@ -41,12 +41,19 @@ def _combine(z, h, coefficients, ks):
   return z + h * sum(c * k for c, k in zip(coefficients, ks) if c)
 
 
+def rk_slope(f, z, t, h, tableau: Tableau, k1=None):
+  """The slope sum_i b_i k_i of one explicit Runge-Kutta step, k_i = f(z + h sum_j a_ij k_j,
+  t + c_i h), so the step is z + h * slope; `k1` = f(z, t) when the caller already has it.
+  h may be an array broadcasting against z (then t should broadcast against z as well)."""
+  ks = [] if k1 is None else [k1]
+  for row, c in zip(tableau.a[len(ks):], tableau.c[len(ks):]):
+    ks.append(f(_combine(z, h, row, ks), t + c * h))
+  return sum(b * k for b, k in zip(tableau.b, ks) if b)
+
+
 def rk_step(f, z, t, h, tableau: Tableau):
   """One explicit Runge-Kutta step of dz/dt = f(z, t) from t to t + h (h may be negative).
 
   k_i = f(z + h sum_j a_ij k_j, t + c_i h), z_{t+h} = z + h sum_i b_i k_i.
   """
-  ks = []
-  for row, c in zip(tableau.a, tableau.c):
-    ks.append(f(_combine(z, h, row, ks), t + c * h))
-  return _combine(z, h, tableau.b, ks)
+  return z + h * rk_slope(f, z, t, h, tableau)

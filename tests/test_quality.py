@@ -13,7 +13,7 @@ from PIL import Image
 from eval.report import quality_report
 from configs.base import base_config
 from configs.progressive import distill_config
-from eval import quality, quality_features, sample_programs
+from eval import classifier, quality, quality_features, reference, sample_programs
 from tests.tiny_config import tiny_teacher_config
 from training.evaluate_checkpoint import evaluate_workdir
 from training.mesh import make_mesh
@@ -68,10 +68,13 @@ def test_missing_classifier_is_trained_and_cached(classifier_dir):
     saved = json.load(f)
   assert directory == classifier_dir
   assert saved["dataset"] == "digits" and saved["steps"] == CLASSIFIER_STEPS
-  assert 0.0 <= saved["test_accuracy"] <= 1.0
   _, loaded, _ = quality_features.dataset_classifier("digits", classifier_dir, steps=10 ** 9)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded), strict=True):
     np.testing.assert_array_equal(np.asarray(a), b)
+  test_images, test_labels, _ = classifier.load_split("digits", "test")   # the saved accuracy is
+  assert saved["test_accuracy"] == pytest.approx(                       # the loaded model's,
+      classifier.accuracy(model, loaded, test_images, test_labels), abs=1e-9)
+  assert saved["test_accuracy"] > 0.2                                    # above chance (0.1)
   features = quality_features.classifier_features("digits", classifier_dir, CLASSIFIER_STEPS)
   assert os.path.exists(os.path.join(classifier_dir, "train_stats.npz"))   # eval.reference_split
   mu, sigma = features.reference
@@ -89,7 +92,7 @@ def test_eval_mode_writes_metrics(teacher, classifier_dir, mesh, capsys):
   assert written["checkpoint_step"] == 6 and written["reference_workdir"] == teacher
   assert written["rows"] == json.loads(json.dumps(rows))
   assert [(r["sampler"], r["steps"], r["nfe"]) for r in rows] == [
-      ("ddim", 1, 1), ("ddim", 2, 2), ("heun", 1, 2), ("heun", 2, 4)]
+      ("ddim", 1, 1), ("ddim", 2, 2), ("heun", 1, 1), ("heun", 2, 3)]   # heun: 2 N - 1
   for row in written["rows"]:
     assert row["params"] == "ema_params" and row["num_samples"] == 32
     for key in ("FD-digits", "fidelity_mse", "fidelity_psnr", "seconds_per_image"):
@@ -110,6 +113,23 @@ def test_fidelity_of_a_model_to_itself_from_the_same_noise(teacher, classifier_d
                           options(classifier_dir, metrics=("fidelity",)), teacher, mesh)
   assert rows[0]["fidelity_mse"] == 0.0 and rows[0]["fidelity_psnr"] == math.inf
   assert rows[1]["fidelity_mse"] > 0.0 and math.isfinite(rows[1]["fidelity_psnr"])
+
+
+def test_fd_of_a_known_shift_through_the_eval_path(teacher, classifier_dir, mesh, monkeypatch):
+  """With reference statistics = the samples' own (mu, sigma) with mu shifted by delta, the row's
+  FD-digits (sampling, classifier features, streamed statistics, Frechet distance) is the closed
+  form |delta|^2 (equal covariances: the trace term vanishes)."""
+  opts = options(classifier_dir, metrics=("fd_dataset",))
+  evaluator = quality.Evaluator(opts, mesh=mesh)
+  entry = evaluator.resolve(quality.Entry(teacher, 2))
+  samples = evaluator.samples(entry)
+  features = evaluator.features("classifier", samples.config)
+  mu, sigma = reference.dataset_stats(features.fn, quality_features.batches(samples.images, 16))
+  delta = np.linspace(-1.0, 1.0, mu.shape[0])
+  shifted = features._replace(reference=(mu + delta, sigma))
+  monkeypatch.setitem(quality.FEATURES, "classifier", lambda *args: shifted)
+  row = quality.Evaluator(opts, mesh=mesh).row(entry)
+  np.testing.assert_allclose(row["FD-digits"], np.sum(delta ** 2), rtol=1e-3)
 
 
 def test_nfe_convention():

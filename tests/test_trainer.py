@@ -39,16 +39,23 @@ def test_one_and_eight_devices_agree(uninterrupted):
 
 
 def test_nan_batch_skips_the_update(tmp_path):
+  """A NaN batch leaves the parameters, the EMA and Adam's moments exactly as they were (after
+  a finite first step, so the EMA differs from the parameters and would move if updated)."""
   trainer = Trainer(tiny_teacher_config(), str(tmp_path), make_mesh(8))
-  before = jax.device_get(trainer.state.params)
+  state, _ = trainer.step_fn(trainer.state, shard_batch(trainer.mesh, next(trainer.data_iter)),
+                             trainer.stage_args(0))
+  kept = lambda s: (s.params, s.ema_params, s.opt_state.inner_state)
+  before = jax.device_get(kept(state))
+  assert any(not np.array_equal(p, e) for p, e in
+             zip(jax.tree.leaves(before[0]), jax.tree.leaves(before[1])))
   batch = next(trainer.data_iter)
   batch["image"][0, 0, 0, 0] = np.nan
-  state, metrics = trainer.step_fn(trainer.state, shard_batch(trainer.mesh, batch),
-                                   trainer.stage_args(0))
+  state, metrics = trainer.step_fn(state, shard_batch(trainer.mesh, batch), trainer.stage_args(0))
   assert not np.isfinite(float(metrics["loss"]))
   assert int(state.opt_state.notfinite_count) == 1
-  assert int(state.step) == 1
-  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(state.params))):
+  assert int(state.step) == 2
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(kept(state))),
+                  strict=True):
     np.testing.assert_array_equal(a, b)
   # A finite batch afterwards updates again and resets the count.
   state, _ = trainer.step_fn(state, shard_batch(trainer.mesh, next(trainer.data_iter)),
