@@ -6,6 +6,7 @@ Samplers and distillation losses see only this function, never the network.
 """
 from typing import Callable, Optional
 
+import jax
 import jax.numpy as jnp
 
 from diffusion.parameterization import Prediction, check_supported, get_parameterization
@@ -15,16 +16,28 @@ Denoiser = Callable[..., Prediction]
 
 def make_denoiser(apply_fn: Callable, process, parameterization: str) -> Denoiser:
   """Wrap a network `apply_fn(params, z, network_time, label, w, rng) -> o` as a Denoiser;
-  refuses a parameterization that cannot work on `process` (check_supported)."""
-  check_supported(parameterization, process)
+  refuses a parameterization that cannot work on `process` (check_supported).
+
+  Nested z (a network over several resolutions, e.g. the NestedUNet): `process` is a pytree
+  of processes like z and o, one per resolution; each leaf gets its own process's
+  parameterization and the Prediction holds pytrees like z. The network's time input is that
+  of the FIRST process (the lowest resolution, whose schedule is the unshifted one), the same
+  for every resolution.
+  """
+  processes = jax.tree.leaves(process)
+  for p in processes:
+    check_supported(parameterization, p)
   to_prediction = get_parameterization(parameterization)
 
   def denoise(params, z, t, cond: Optional[dict] = None, *, rng=None) -> Prediction:
     """`rng` (optional) turns on training mode (dropout) for this call."""
     cond = cond or {}
-    t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), z.shape[:1])
-    o = apply_fn(params, z, process.network_time(t), cond.get("label"), cond.get("w"), rng)
-    return to_prediction(o, z, t, process)
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), jax.tree.leaves(z)[0].shape[:1])
+    o = apply_fn(params, z, processes[0].network_time(t), cond.get("label"), cond.get("w"), rng)
+    per_leaf = jax.tree.map(lambda p, o, z: to_prediction(o, z, t, p), process, o, z)
+    is_prediction = lambda a: isinstance(a, Prediction)
+    return Prediction(x=jax.tree.map(lambda p: p.x, per_leaf, is_leaf=is_prediction),
+                      eps=jax.tree.map(lambda p: p.eps, per_leaf, is_leaf=is_prediction))
 
   return denoise
 

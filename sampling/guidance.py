@@ -32,13 +32,16 @@ def guided(denoise: Denoiser, w, num_classes: int) -> Denoiser:
     return denoise
 
   def denoise_w(params, z, t, cond) -> Prediction:
-    batch = z.shape[0]
+    batch = jax.tree.leaves(z)[0].shape[0]   # z may be a pytree (nested z): every leaf alike
     both = {k: _twice(v) for k, v in cond.items()}
     both["label"] = jnp.concatenate([cond["label"], jnp.full_like(cond["label"], num_classes)])
     t = jnp.asarray(t)
-    pred = denoise(params, _twice(z), t if t.ndim == 0 else _twice(t), both)
-    scale = broadcast_to(jnp.asarray(w, z.dtype), z)
-    mix = lambda a: (1.0 + scale) * a[:batch] - scale * a[batch:]
+    pred = denoise(params, jax.tree.map(_twice, z), t if t.ndim == 0 else _twice(t), both)
+
+    def mix(a):
+      scale = broadcast_to(jnp.asarray(w, a.dtype), a)
+      return (1.0 + scale) * a[:batch] - scale * a[batch:]
+
     return jax.tree.map(mix, pred)
 
   return denoise_w

@@ -14,11 +14,16 @@ import jax.numpy as jnp
 
 
 def velocity(denoise, params, z, t, cond, process):
-  """dz/dt = alpha'(t) x_hat + sigma'(t) eps_hat at a scalar time t."""
+  """dz/dt = alpha'(t) x_hat + sigma'(t) eps_hat at a scalar time t (leaf by leaf for a pytree
+  z, with a pytree of processes like it)."""
   t = jnp.asarray(t, jnp.float32)
-  _, (dalpha, dsigma) = jax.jvp(process.alpha_sigma, (t,), (jnp.ones_like(t),))
   pred = denoise(params, z, t, cond)
-  return dalpha * pred.x + dsigma * pred.eps
+
+  def one(process, x, eps):
+    _, (dalpha, dsigma) = jax.jvp(process.alpha_sigma, (t,), (jnp.ones_like(t),))
+    return dalpha * x + dsigma * eps
+
+  return jax.tree.map(one, process, pred.x, pred.eps)
 
 
 class Tableau(NamedTuple):
@@ -37,8 +42,9 @@ TABLEAUX = {
 
 
 def _combine(z, h, coefficients, ks):
-  """z + h sum_j coefficients_j k_j (zero coefficients skipped)."""
-  return z + h * sum(c * k for c, k in zip(coefficients, ks) if c)
+  """z + h sum_j coefficients_j k_j (zero coefficients skipped), leaf by leaf."""
+  return jax.tree.map(lambda z, *ks: z + h * sum(c * k for c, k in zip(coefficients, ks) if c),
+                      z, *ks)
 
 
 def rk_slope(f, z, t, h, tableau: Tableau, k1=None):
@@ -48,7 +54,7 @@ def rk_slope(f, z, t, h, tableau: Tableau, k1=None):
   ks = [] if k1 is None else [k1]
   for row, c in zip(tableau.a[len(ks):], tableau.c[len(ks):]):
     ks.append(f(_combine(z, h, row, ks), t + c * h))
-  return sum(b * k for b, k in zip(tableau.b, ks) if b)
+  return jax.tree.map(lambda *ks: sum(b * k for b, k in zip(tableau.b, ks) if b), *ks)
 
 
 def rk_step(f, z, t, h, tableau: Tableau):
@@ -56,4 +62,4 @@ def rk_step(f, z, t, h, tableau: Tableau):
 
   k_i = f(z + h sum_j a_ij k_j, t + c_i h), z_{t+h} = z + h sum_i b_i k_i.
   """
-  return z + h * rk_slope(f, z, t, h, tableau)
+  return jax.tree.map(lambda z, slope: z + h * slope, z, rk_slope(f, z, t, h, tableau))

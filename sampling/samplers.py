@@ -19,6 +19,7 @@ from diffusion.parameterization import Prediction
 from diffusion.registry import Registry
 from sampling import ode
 from sampling.grids import get_grid
+from sampling.noise import normal_like
 from sampling.steps import ancestral_step, ddim_step, scales, stochastic_step
 
 
@@ -72,14 +73,25 @@ def _run(body, z, lower, upper, return_trajectory):
     raise ValueError("return_trajectory=True needs a static (not traced) num_steps.") from e
   step = lambda z, j: (body(j, z),) * 2
   final, states = jax.lax.scan(step, z, indices)
-  return final, jnp.concatenate([z[None], states])
+  return final, _prepend(z, states)
+
+
+def _prepend(first, states):
+  """[first; states]: one state before a stack of states, leaf by leaf (z may be a pytree)."""
+  return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, states)
+
+
+def _append(states, last):
+  """[states; last]: one state after a stack of states, leaf by leaf."""
+  return jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), states, last)
 
 
 def _noise(rng, j, z):
-  """Full-batch standard normal noise for step j (same values however z is sharded)."""
+  """Full-batch standard normal noise for step j (same values however z is sharded), leaf by
+  leaf for a pytree z (`normal_like`)."""
   if rng is None:
     raise ValueError("This sampler is stochastic: pass rng.")
-  return jax.random.normal(jax.random.fold_in(rng, j), z.shape, z.dtype)
+  return normal_like(jax.random.fold_in(rng, j), z)
 
 
 @register("ddim")
@@ -146,12 +158,13 @@ def ddim_encode(denoise, params, x, cond=None, *, process, num_steps, rng=None,
     pred = denoise(params, z, grid(j, num_steps), cond)
     return ddim_step(pred, *scales(process, grid(j + 1, num_steps)))
 
-  first = ddim_step(Prediction(x=x, eps=jnp.zeros_like(x)), *scales(process, grid(1, num_steps)))
+  first = ddim_step(Prediction(x=x, eps=jax.tree.map(jnp.zeros_like, x)),
+                    *scales(process, grid(1, num_steps)))
   out = _run(body, first, 1, num_steps, return_trajectory)
   if not return_trajectory:
     return out
   final, states = out
-  return final, jnp.concatenate([x[None], states])
+  return final, _prepend(x, states)
 
 
 def _ode_sampler(name: str, tableau: ode.Tableau):
@@ -178,7 +191,7 @@ def _ode_sampler(name: str, tableau: ode.Tableau):
     if not return_trajectory:
       return last_step(out)
     final = last_step(out[0])
-    return final, jnp.concatenate([out[1], final[None]])
+    return final, _append(out[1], final)
 
   sampler.__name__ = name
   sampler.__doc__ = (f"Probability-flow ODE sampler: {name} steps of dz/dt = alpha' x_hat + "
