@@ -3,6 +3,7 @@ gradient flows only through g(eps, s) and g(eps, 1), the recursion's fixed point
 N-step DDIM sample, students trained on analytic teachers approach the exact flow maps, the
 guided teacher is the CFG combination, and through the trainer no dataset is opened, a
 stopped run resumes bit for bit and 1 and 8 devices agree."""
+import contextlib
 import json
 import os
 
@@ -268,20 +269,32 @@ def boot_run_config(teacher_dir, num_train_steps, tmp_path):
   return config
 
 
-@pytest.fixture
-def no_dataset(monkeypatch):
+@contextlib.contextmanager
+def refusing_datasets():
   """Any attempt to build, open or describe a dataset fails the test."""
   def refuse(*args, **kwargs):
     raise AssertionError("a data-free run opened a dataset")
-  for module, name in [(sources, "get_source"), (data, "load_source"), (data, "dataset_info"),
-                       (data, "make_train_iterator"), (data, "make_train_dataset"),
-                       (data, "make_eval_iterator")]:
-    monkeypatch.setattr(module, name, refuse)
+  with pytest.MonkeyPatch.context() as patch:
+    for module, name in [(sources, "get_source"), (data, "load_source"),
+                         (data, "dataset_info"), (data, "make_train_iterator"),
+                         (data, "make_train_dataset"), (data, "make_eval_iterator")]:
+      patch.setattr(module, name, refuse)
+    yield
 
 
 def _leaves(state):
   return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(
       (state.params, state.ema_params, state.opt_state, state.step, state.stage_index)))]
+
+
+@pytest.fixture(scope="module")
+def full_run(teacher_dir, tmp_path_factory):
+  """(trainer, final state) of the whole 6-step schedule on one device, no dataset openable."""
+  tmp_path = tmp_path_factory.mktemp("boot_full")
+  with refusing_datasets():
+    trainer = Trainer(boot_run_config(teacher_dir, 6, tmp_path), str(tmp_path / "run"),
+                      make_mesh(1))
+    return trainer, trainer.run()
 
 
 def test_student_starts_as_the_teacher_with_a_zero_w_embedding(teacher_dir, tmp_path):
@@ -299,18 +312,18 @@ def test_student_starts_as_the_teacher_with_a_zero_w_embedding(teacher_dir, tmp_
   np.testing.assert_array_equal(pred.eps, z)
 
 
-def test_no_dataset_resume_is_bit_exact_one_compiled_step(teacher_dir, tmp_path, no_dataset):
-  with pytest.raises(AssertionError, match="opened a dataset"):   # the guard sees a teacher run
-    Trainer(tiny_teacher_config(), str(tmp_path / "teacher"), make_mesh(1))
-  full = Trainer(boot_run_config(teacher_dir, 6, tmp_path), str(tmp_path / "full"), make_mesh(1))
+def test_no_dataset_resume_is_bit_exact_one_compiled_step(full_run, teacher_dir, tmp_path):
+  full, full_state = full_run
   assert full.method.needs_data is False
-  full_state = full.run()
   assert full.step_fn._cache_size() == 1          # one compiled step served N = 2 and N = 4
   assert int(full_state.stage_index) == 1
   workdir = str(tmp_path / "interrupted")
-  for stop in (2, 3, 5, 6):                        # mid-stage, the boundary, mid-stage, the end
-    state = Trainer(boot_run_config(teacher_dir, stop, tmp_path), workdir, make_mesh(1)).run()
-    assert int(state.step) == stop
+  with refusing_datasets():
+    with pytest.raises(AssertionError, match="opened a dataset"):   # the guard sees a teacher run
+      Trainer(tiny_teacher_config(), str(tmp_path / "teacher"), make_mesh(1))
+    for stop in (2, 3, 5, 6):                      # mid-stage, the boundary, mid-stage, the end
+      state = Trainer(boot_run_config(teacher_dir, stop, tmp_path), workdir, make_mesh(1)).run()
+      assert int(state.step) == stop
   for a, b in zip(_leaves(full_state), _leaves(state), strict=True):
     np.testing.assert_array_equal(a, b)
   metrics = json.load(open(os.path.join(workdir, "stage_metrics.json")))
@@ -318,12 +331,11 @@ def test_no_dataset_resume_is_bit_exact_one_compiled_step(teacher_dir, tmp_path,
   assert all(np.isfinite(m["fidelity_psnr"]) for m in metrics.values())
 
 
-def test_one_and_eight_devices_agree(teacher_dir, tmp_path, no_dataset):
-  one = Trainer(boot_run_config(teacher_dir, 6, tmp_path), str(tmp_path / "one"),
-                make_mesh(1)).run()
-  eight = Trainer(boot_run_config(teacher_dir, 6, tmp_path), str(tmp_path / "eight"),
-                  make_mesh(8)).run()
-  for a, b in zip(_leaves(one), _leaves(eight), strict=True):
+def test_one_and_eight_devices_agree(full_run, teacher_dir, tmp_path):
+  with refusing_datasets():
+    eight = Trainer(boot_run_config(teacher_dir, 6, tmp_path), str(tmp_path / "eight"),
+                    make_mesh(8)).run()
+  for a, b in zip(_leaves(full_run[1]), _leaves(eight), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
