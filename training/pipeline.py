@@ -2,7 +2,9 @@
 
 Parts run teachers first (each part's `teacher.workdir` is set to its teacher part's
 workdir), each in <workdir>/<part>, resuming from its own checkpoints: a finished part
-restarts at its last step and returns at once. After each part's run, its training cost is
+restarts at its last step and returns at once. A part whose method trains on offline
+samples of its teacher (Method.offline_data, e.g. the Denoising Student's pairs) first
+writes or finishes them (what `--mode=pairs` does). After each part's run, its training cost is
 added to <workdir>/<part>/train_cost.json (wall-clock seconds of every sitting, updates,
 teacher network evaluations). The report (<workdir>/report) has a row per (part, steps,
 sampler, w), with the part's training cost beside its metrics.
@@ -22,6 +24,7 @@ from etils import epath
 from eval import quality
 from eval.report import metric_settings, model_entries, report_options, write_report
 from training.method import get_method
+from training.offline_run import write_offline_data
 from training.trainer import Preemption, StoppedEarly, train
 
 COST_FILE = "train_cost.json"
@@ -55,22 +58,24 @@ def part_run_config(config, part: str, workdir: str):
   return run
 
 
-def training_cost(run_config, seconds: float) -> dict:
-  """Updates and teacher network evaluations of a run's whole schedule, and `seconds`."""
+def training_cost(run_config, seconds: float, offline_cost=None) -> dict:
+  """Updates and teacher network evaluations of a run's whole schedule (plus those of its
+  offline data, `offline_cost` = their cost.json), and `seconds`."""
   method = get_method(run_config)
   stages = method.stages()
   updates = sum(stage.num_updates for stage in stages)
   teacher_evaluations = sum(stage.num_updates * run_config.batch_size *
                             method.teacher_evaluations_per_example(stage) for stage in stages)
+  teacher_evaluations += (offline_cost or {}).get("evaluations", 0)
   return dict(train_updates=updates, teacher_evaluations=int(teacher_evaluations),
               train_seconds=round(seconds, 1))
 
 
-def record_cost(run_config, part_dir: epath.Path, seconds: float) -> dict:
+def record_cost(run_config, part_dir: epath.Path, seconds: float, offline_cost=None) -> dict:
   """Add this sitting's `seconds` to <part_dir>/train_cost.json; returns the cost."""
   path = part_dir / COST_FILE
   before = json.loads(path.read_text())["train_seconds"] if path.exists() else 0.0
-  cost = training_cost(run_config, before + seconds)
+  cost = training_cost(run_config, before + seconds, offline_cost)
   if jax.process_index() == 0:
     path.write_text(json.dumps(cost, indent=1))
   return cost
@@ -90,13 +95,15 @@ def run_pipeline(config, workdir: str) -> list[dict]:
       run = part_run_config(config, part, workdir)
       logging.info("pipeline %d/%d: %s (%s) in %s", i + 1, len(order) + 1, part, run.method,
                    root / part)
-      start = time.time()
+      start, offline_cost = time.time(), {}
       try:
+        if get_method(run).offline_data() is not None:   # e.g. the Denoising Student's pairs
+          offline_cost = write_offline_data(run, str(root / part))
         train(run, str(root / part))
       except StoppedEarly:            # a SIGTERM stopped the part: its sitting still counts
-        record_cost(run, root / part, time.time() - start)
+        record_cost(run, root / part, time.time() - start, offline_cost)
         raise
-      costs[part] = record_cost(run, root / part, time.time() - start)
+      costs[part] = record_cost(run, root / part, time.time() - start, offline_cost)
   finally:
     preemption.restore()
   report_dir = root / "report"
