@@ -174,17 +174,20 @@ def test_extra_heads_start_at_zero_and_leave_the_main_output_unchanged(model):
 
 
 def test_sampling_uses_the_configured_head_and_draws_z_like_sample_images():
-  """One Euler step of head j from z_1 = normal(split(rng)[0]) is z_1 - u_j(z_1, 1)."""
+  """One Euler step of head j from z_1 = normal(split(rng)[0]) is x = z_1 - u_j(z_1, 1)
+  (clipped to [-1, 1] with sample.clip_x)."""
   m, params = random_method(3)
   rng = jax.random.key(4)
   z = jax.random.normal(jax.random.split(rng)[0], (16, 2))
   heads = m.velocities(params, z, jnp.ones((16,)))
-  for head in (0, 1, 2, 3):
+  for head, clip_x in ((0, True), (1, False), (2, False), (3, True)):
     config = cud_config(order=3)
     config.cud.sample_head = head
-    method = get_method(config)
-    images = method.sample(params, rng, 16, {"num_steps": 1})
-    np.testing.assert_allclose(images, z - heads[(head or 3) - 1], rtol=1e-5, atol=1e-6)
+    config.sample.clip_x = clip_x
+    images = get_method(config).sample(params, rng, 16, {"num_steps": 1})
+    x = z - heads[(head or 3) - 1]
+    np.testing.assert_allclose(images, jnp.clip(x, -1, 1) if clip_x else x, rtol=1e-5,
+                               atol=1e-6)
   config.cud.sample_head = 4
   with pytest.raises(ValueError, match="cud.sample_head=4 but the network has cud.order=3"):
     get_method(config)
