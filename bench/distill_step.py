@@ -4,7 +4,9 @@
 
 Progressive distillation runs the teacher twice without gradient and the student
 once with gradient; guided stage 2 runs two guided teacher steps (four network
-evaluations, the conditional and unconditional branches batched together). Times
+evaluations, the conditional and unconditional branches batched together). The Denoising
+Student runs the student once with gradient on stored pairs (no teacher: expect about 1x;
+its one-off pair generation is timed by bench/offline_throughput.py). Times
 come from one run, reported as ratios to the teacher step (expect about 1.7x and
 2.3x), with each step's memory from XLA's memory analysis.
 
@@ -18,7 +20,7 @@ import jax
 from absl import app, flags
 
 from bench.step_timing import print_table, time_train_step
-from configs import guided, progressive, teacher
+from configs import denoising_student, guided, progressive, teacher
 from configs import catch_up
 from diffusion.networks import build_network, init_params
 from training.method import get_method
@@ -46,7 +48,8 @@ def main(argv):
   del argv
   configs = {"teacher": teacher.get_config(FLAGS.preset),
              "progressive": progressive.get_config(FLAGS.preset),
-             "guided stage 2": guided.get_config(FLAGS.preset)}
+             "guided stage 2": guided.get_config(FLAGS.preset),
+             "denoising student": denoising_student.get_config(FLAGS.preset)}
   configs["flow matching"] = catch_up_config(1, "flow_matching")
   configs.update({f"catch-up k={k}": catch_up_config(k) for k in (1, 2, 3)})
   batch = FLAGS.batch_size or configs["teacher"].batch_size
@@ -57,6 +60,8 @@ def main(argv):
     args = {"num_steps": 8}
     if name == "guided stage 2":
       args["phase"] = 1
+    if name == "denoising student":
+      args = {"num_steps": 1}
     teacher_params = random_teacher(config) if get_method(config).needs_teacher else None
     rows.append(dict(method=name, **time_train_step(config, args, teacher_params,
                                                     FLAGS.steps)))

@@ -8,6 +8,8 @@ writes <workdir>/pairs (or `offline_dir`) with the teacher's EMA parameters; rer
 an interruption (finished shards are kept); on a pod run it on every host. Training then
 reads them; a missing or incomplete set is an error that names this command.
 """
+import json
+
 import jax
 from etils import epath
 
@@ -46,6 +48,13 @@ def write_offline_data(config, workdir, mesh=None) -> dict:
     print(f"{directory}: {cost['rows']} rows, {cost['evaluations']:.0f} generator evaluations "
           f"in {cost['seconds']:.1f} s ({cost['rows_per_second']:.1f} rows/s); cost.json written")
   return cost
+
+
+def generation_cost(config, workdir):
+  """The one-off cost of the run's offline data (cost.json: rows, evaluations, seconds, ...),
+  or None when the run has none; for reports."""
+  path = offline_dir(config, workdir) / "cost.json"
+  return json.loads(path.read_text()) if path.exists() else None
 
 
 def train_iterator(config, workdir):
