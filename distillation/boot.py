@@ -167,7 +167,8 @@ class Boot(Method):
 
   def sample(self, params, rng, num_samples, stage):
     """x = g(eps, 0, c): one network call from the noise every method's samples start from
-    (common.initial_noise). The student has this one sampler, whatever stage['num_steps']."""
+    (common.initial_noise), clipped to [-1, 1] with `sample.clip_x` like every sampler's
+    x_hat. The student has this one sampler, whatever stage['num_steps']."""
     del stage
     w = self.config.sample.guidance_weight
     if self.config.model.num_classes and self.conditioning.w_range is None and w not in (
@@ -177,8 +178,9 @@ class Boot(Method):
                        f"sample.guidance_weight={w}: leave it 0 (or train a w-conditioned "
                        "student, model.guidance=True).")
     eps, _ = initial_noise(self.config, rng, num_samples)
-    return self.denoise(params, eps, jnp.zeros((num_samples,)),
-                        sample_cond(self.config, num_samples, w)).x
+    x = self.denoise(params, eps, jnp.zeros((num_samples,)),
+                     sample_cond(self.config, num_samples, w)).x
+    return jnp.clip(x, -1.0, 1.0) if self.config.sample.get("clip_x", False) else x
 
   def stage_metrics(self, params, frozen, rng, stage):
     """Student (1 step) vs the teacher's N-step DDIM sample from the same noise and labels,

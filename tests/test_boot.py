@@ -341,9 +341,9 @@ def test_one_and_eight_devices_agree(full_run, teacher_dir, tmp_path):
 
 def test_sample_is_one_student_call_on_the_shared_noise(teacher_dir, tmp_path):
   """sample() = g(eps, 0, c) with eps drawn as common.sample_images draws z_1 and its labels
-  and w; a fixed-w student refuses another sampling w."""
+  and w (clipped to [-1, 1] with sample.clip_x); a fixed-w student refuses another sampling w."""
   config = boot_run_config(teacher_dir, 6, tmp_path)
-  config.sample.guidance_weight = 1.5
+  config.sample.update(guidance_weight=1.5, clip_x=False)
   method = get_method(config)
   params = randomize(init_params(method.network, jax.random.key(2), (8, 8, 1)),
                      jax.random.key(3))
@@ -354,6 +354,10 @@ def test_sample_is_one_student_call_on_the_shared_noise(teacher_dir, tmp_path):
   np.testing.assert_array_equal(images, method.network.apply(
       {"params": params}, eps, method.process.network_time(jnp.zeros(6)), label=cond["label"],
       w=cond["w"]))
+  assert float(jnp.max(jnp.abs(images))) > 1.0
+  config.sample.clip_x = True
+  np.testing.assert_array_equal(get_method(config).sample(params, rng, 6, {"num_steps": 1}),
+                                jnp.clip(images, -1.0, 1.0))
   config.model.guidance = False
   config.boot.guidance_weight = 2.0
   with pytest.raises(ValueError, match="fixed w=2.0"):
