@@ -93,20 +93,31 @@ def restore(manager: ocp.CheckpointManager, like_state, data_iterator,
         state=ocp.args.StandardRestore(_abstract(like_state)),
         data=grain.checkpoint.CheckpointRestore(data_iterator)))
   except Exception as e:  # orbax raises many kinds for damaged or mismatched files
-    path = epath.Path(manager.directory) / str(step)
-    raise CheckpointError(
-        f"Could not restore the checkpoint at {path}: {type(e).__name__}: {e}\n"
-        f"If it is damaged, delete that step directory to resume from an earlier one; if the "
-        f"config changed (network, method), run with the config the checkpoint was written "
-        f"with (saved in {path}/config).") from e
+    raise _unreadable(manager, step, e) from e
   return step, restored["state"]
+
+
+def _unreadable(manager: ocp.CheckpointManager, step: int, error: Exception) -> CheckpointError:
+  """The error for a checkpoint that cannot be read, with what to do about it."""
+  path = epath.Path(manager.directory) / str(step)
+  return CheckpointError(
+      f"Could not restore the checkpoint at {path}: {type(error).__name__}: {error}\n"
+      f"If it is damaged, delete that step directory to resume from an earlier one; if the "
+      f"config changed (network, method), run with the config the checkpoint was written "
+      f"with (saved in {path}/config).")
 
 
 def state_metadata(manager: ocp.CheckpointManager, step: int):
   """The saved state's tree of array metadata (shape, dtype) at `step`, read without the
   arrays."""
   path = epath.Path(manager.directory) / str(step) / "state"
-  return ocp.StandardCheckpointer().metadata(path).item_metadata
+  try:
+    metadata = ocp.StandardCheckpointer().metadata(path).item_metadata
+    if metadata is None:
+      raise ValueError(f"no readable metadata in {path}")
+  except Exception as e:  # orbax raises many kinds for damaged files
+    raise _unreadable(manager, step, e) from e
+  return metadata
 
 
 def read_config(workdir: str) -> dict:
