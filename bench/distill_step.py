@@ -6,7 +6,11 @@ Progressive distillation runs the teacher twice without gradient and the student
 once with gradient; guided stage 2 runs two guided teacher steps (four network
 evaluations, the conditional and unconditional branches batched together). The Denoising
 Student runs the student once with gradient on stored pairs (no teacher: expect about 1x;
-its one-off pair generation is timed by bench/offline_throughput.py). Times
+its one-off pair generation is timed by bench/offline_throughput.py). SiD (data-free)
+runs the generator once with gradient, the teacher and the fake score at x_t (gradient to
+x_t), and the fake score on generated images with gradient: 1 teacher (2 guided) + 3
+network evaluations, with backward passes through G, both score networks at x_t and the
+fake score (parameters only through G and the fake score's own loss). Times
 come from one run, reported as ratios to the teacher step (expect about 1.7x and
 2.3x), with each step's memory from XLA's memory analysis.
 
@@ -20,7 +24,7 @@ import jax
 from absl import app, flags
 
 from bench.step_timing import print_table, time_train_step
-from configs import denoising_student, guided, progressive, teacher
+from configs import boot, denoising_student, guided, progressive, sid, teacher
 from configs import catch_up
 from diffusion.networks import build_network, init_params
 from training.method import get_method
@@ -49,7 +53,9 @@ def main(argv):
   configs = {"teacher": teacher.get_config(FLAGS.preset),
              "progressive": progressive.get_config(FLAGS.preset),
              "guided stage 2": guided.get_config(FLAGS.preset),
-             "denoising student": denoising_student.get_config(FLAGS.preset)}
+             "denoising student": denoising_student.get_config(FLAGS.preset),
+             "sid": sid.get_config(FLAGS.preset),
+             "sid guided": boot.guided_student(sid.get_config(FLAGS.preset))}
   configs["flow matching"] = catch_up_config(1, "flow_matching")
   configs.update({f"catch-up k={k}": catch_up_config(k) for k in (1, 2, 3)})
   batch = FLAGS.batch_size or configs["teacher"].batch_size
@@ -60,7 +66,7 @@ def main(argv):
     args = {"num_steps": 8}
     if name == "guided stage 2":
       args["phase"] = 1
-    if name == "denoising student":
+    if name == "denoising student" or name.startswith("sid"):
       args = {"num_steps": 1}
     teacher_params = random_teacher(config) if get_method(config).needs_teacher else None
     rows.append(dict(method=name, **time_train_step(config, args, teacher_params,
