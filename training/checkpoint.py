@@ -151,7 +151,7 @@ def select_step(workdir: str, which="best") -> tuple[int, str]:
     if best is None:
       return manager.latest_step(), "the latest checkpoint (none has a held-out loss)"
     return best, (f"the best checkpoint (lowest {BEST_METRIC} "
-                  f"{manager.metrics(best)[BEST_METRIC]:.6g}; 'latest' picks the last one)")
+                  f"{manager.metrics(best)[BEST_METRIC]:.6g})")
   step = int(which)
   if step not in manager.all_steps():
     raise CheckpointError(f"No checkpoint of step {step} in {manager.directory}; it has steps "
