@@ -58,6 +58,8 @@ def base_config(dataset: str = "digits") -> ml_collections.ConfigDict:
   # Clip x_hat to the data range [-1, 1] at every sampler step (as the reference progressive-
   # distillation code evaluates, `eval_clip_denoised`); distillation targets are never clipped.
   c.sample.clip_x = True
+  # --mode=sample of a nested (Matryoshka) model: also write every lower resolution.
+  c.sample.all_resolutions = False
 
   # A distillation's teacher: its workdir, and whether a teacher whose latest checkpoint is
   # short of the end of its schedule may be used (an error by default).

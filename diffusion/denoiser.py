@@ -9,7 +9,8 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from diffusion.parameterization import Prediction, check_supported, get_parameterization
+from diffusion.parameterization import (Prediction, check_supported, get_parameterization,
+                                        per_leaf_prediction)
 
 Denoiser = Callable[..., Prediction]
 
@@ -34,10 +35,7 @@ def make_denoiser(apply_fn: Callable, process, parameterization: str) -> Denoise
     cond = cond or {}
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), jax.tree.leaves(z)[0].shape[:1])
     o = apply_fn(params, z, processes[0].network_time(t), cond.get("label"), cond.get("w"), rng)
-    per_leaf = jax.tree.map(lambda p, o, z: to_prediction(o, z, t, p), process, o, z)
-    is_prediction = lambda a: isinstance(a, Prediction)
-    return Prediction(x=jax.tree.map(lambda p: p.x, per_leaf, is_leaf=is_prediction),
-                      eps=jax.tree.map(lambda p: p.eps, per_leaf, is_leaf=is_prediction))
+    return per_leaf_prediction(lambda p, o, z: to_prediction(o, z, t, p), process, o, z)
 
   return denoise
 

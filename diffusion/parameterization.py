@@ -9,6 +9,7 @@ flow's. `signal` and any parameterization registered without `needs_flow` work o
 """
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from diffusion.processes import broadcast_to
@@ -16,9 +17,20 @@ from diffusion.registry import Registry
 
 
 class Prediction(NamedTuple):
-  """A denoiser's estimate of the clean data x and of the noise eps."""
+  """A denoiser's estimate of the clean data x and of the noise eps (pytrees like z for
+  nested z, one leaf per resolution)."""
   x: jnp.ndarray
   eps: jnp.ndarray
+
+
+def per_leaf_prediction(fn, process, *trees) -> Prediction:
+  """Prediction(x=pytree, eps=pytree) from fn(process_r, *leaves_r) -> Prediction for every
+  leaf r: `process` is one process (the trees are single arrays) or a pytree of processes with
+  one per leaf of the trees (nested z)."""
+  per_leaf = jax.tree.map(fn, process, *trees)
+  is_prediction = lambda a: isinstance(a, Prediction)
+  return Prediction(x=jax.tree.map(lambda p: p.x, per_leaf, is_leaf=is_prediction),
+                    eps=jax.tree.map(lambda p: p.eps, per_leaf, is_leaf=is_prediction))
 
 
 PARAMETERIZATIONS = Registry("parameterization")

@@ -8,6 +8,7 @@ from eval.fidelity import fidelity
 from sampling import decoders, get_sampler, guided
 from sampling.clipping import clipped
 from sampling.guidance import is_static_zero
+from sampling.noise import normal_like
 from training.mesh import constrain_batch
 from training.pretrained import check_same_structure
 
@@ -79,12 +80,21 @@ def sample_cond(config, num_samples: int, guidance_weight):
   return cond
 
 
-def initial_noise(config, rng, num_samples: int):
+def initial_noise(config, rng, num_samples: int, shapes=None):
   """(z_1 ~ N(0, I) of shape (num_samples,) + data.shape, the sampler's rng), split from rng
-  the same way for every method, so students and teachers sample from the same noise."""
+  the same way for every method, so students and teachers sample from the same noise.
+
+  `shapes`: per-example shapes of a nested z, a tuple lowest resolution first (default: one
+  array of data.shape); its last (highest-resolution) leaf is exactly the plain z_1 above and
+  the others independent noise (sampling.noise.normal_like).
+  """
   noise_rng, sampler_rng = jax.random.split(rng)
-  z = jax.random.normal(noise_rng, (num_samples,) + tuple(config.data.shape))
-  return constrain_batch(z), sampler_rng   # split over the devices under jax.set_mesh
+  nested = shapes is not None
+  shapes = tuple(map(tuple, shapes)) if nested else (tuple(config.data.shape),)
+  z = normal_like(noise_rng, tuple(jax.ShapeDtypeStruct((num_samples,) + s, jnp.float32)
+                                   for s in shapes))
+  z = tuple(map(constrain_batch, z))   # split over the devices under jax.set_mesh
+  return (z if nested else z[0]), sampler_rng
 
 
 def one_step_x(denoise, parameterization: str, params, z, cond=None, rng=None):
@@ -97,8 +107,9 @@ def one_step_x(denoise, parameterization: str, params, z, cond=None, rng=None):
 
 
 def sample_images(config, denoise, process, params, rng, num_samples: int, num_steps,
-                  guidance_weight=None):
-  """Images from `config.sample.sampler` with `num_steps` steps, starting at z_1 ~ N(0, I).
+                  guidance_weight=None, shapes=None):
+  """Images from `config.sample.sampler` with `num_steps` steps, starting at z_1 ~ N(0, I)
+  (a nested z of `shapes` with a pytree of processes gives one output per resolution).
 
   Class-conditional models get `sample_cond` and, when guidance_weight (default
   `sample.guidance_weight`) is non-zero, classifier-free guidance; with `sample.clip_x`
@@ -117,7 +128,7 @@ def sample_images(config, denoise, process, params, rng, num_samples: int, num_s
     denoise = guided(denoise, w, num_classes)
   if sc.get("clip_x", False):   # configs saved before sample.clip_x existed sampled unclipped
     denoise = clipped(denoise, process)
-  z, sampler_rng = initial_noise(config, rng, num_samples)
+  z, sampler_rng = initial_noise(config, rng, num_samples, shapes)
   return get_sampler(sc.sampler)(denoise, params, z, sample_cond(config, num_samples, w),
                                  process=process, num_steps=num_steps, rng=sampler_rng,
                                  time_grid=sc.time_grid)

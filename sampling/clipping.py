@@ -11,7 +11,7 @@ Needs sigma_t > 0: no sampler evaluates the network at the flow's t = 0.
 import jax.numpy as jnp
 
 from diffusion.denoiser import Denoiser
-from diffusion.parameterization import Prediction
+from diffusion.parameterization import Prediction, per_leaf_prediction
 from diffusion.processes import broadcast_to
 
 
@@ -19,8 +19,11 @@ def clipped(denoise: Denoiser, process, low: float = -1.0, high: float = 1.0) ->
   """The Denoiser whose x_hat is clip(x_hat, low, high) and eps_hat = (z - alpha x_hat) / sigma."""
 
   def denoise_clipped(params, z, t, cond=None) -> Prediction:
-    x = jnp.clip(denoise(params, z, t, cond).x, low, high)
-    alpha, sigma = process.alpha_sigma(broadcast_to(t, z))
-    return Prediction(x=x, eps=(z - alpha * x) / sigma)
+    def one(process, z, x):   # leaf by leaf for nested z, each with its own process
+      x = jnp.clip(x, low, high)
+      alpha, sigma = process.alpha_sigma(broadcast_to(t, z))
+      return Prediction(x=x, eps=(z - alpha * x) / sigma)
+
+    return per_leaf_prediction(one, process, z, denoise(params, z, t, cond).x)
 
   return denoise_clipped

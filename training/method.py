@@ -18,10 +18,11 @@ so one compiled train step serves every stage. `ema` is the EMA of the trained
 parameters before this update (the target network of consistency-style losses); the
 gradient is taken with respect to `params` only.
 
-Class attributes: `needs_teacher` (the trainer loads `teacher.workdir`'s EMA parameters
-and passes them to `init` / `init_frozen`); `needs_data` (False for data-free methods:
-the trainer opens no dataset and the batch is only {'index': int32 (B,)}, the global
-example counter, see training.data.make_index_iterator).
+Class attributes: `needs_teacher` (the trainer loads the EMA parameters of the workdir named
+by the config key `teacher_workdir_key`, by default `teacher.workdir`, and passes them to
+`init` / `init_frozen`; Matryoshka's growth names `mdm.inner_workdir`); `needs_data` (False
+for data-free methods: the trainer opens no dataset and the batch is only {'index': int32
+(B,)}, the global example counter, see training.data.make_index_iterator).
 """
 import abc
 import dataclasses
@@ -58,6 +59,7 @@ def get_method(config) -> "Method":
 class Method(abc.ABC):
   """Base class; `config` is the run's ConfigDict."""
   needs_teacher = False
+  teacher_workdir_key = "teacher.workdir"
   needs_data = True
 
   def __init__(self, config):

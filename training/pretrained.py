@@ -63,20 +63,23 @@ def schedule_end(saved_config: dict) -> int:
   return sum(stage.num_updates for stage in stages)
 
 
-def load_teacher(config, mesh):
-  """The EMA params of `config.teacher.workdir`'s latest checkpoint, replicated on `mesh`.
+def load_teacher(config, mesh, key: str = "teacher.workdir"):
+  """The EMA params of the latest checkpoint of the workdir that config key `key` names
+  (default `teacher.workdir`; a method's `teacher_workdir_key`), replicated on `mesh`.
 
   A teacher stopped before the end of its schedule (preempted, or num_train_steps cut it
   short) is an error unless `teacher.allow_unfinished`.
   """
-  if not config.teacher.workdir:
+  section, name = key.split(".")
+  workdir = config[section][name]
+  if not workdir:
     raise ValueError(f"Method {config.method!r} needs a teacher: set "
-                     f"--config.teacher.workdir=<workdir of a trained teacher>.")
-  params, saved, step = load_params(config.teacher.workdir, "ema_params", mesh)
+                     f"--config.{key}=<workdir of a trained teacher>.")
+  params, saved, step = load_params(workdir, "ema_params", mesh)
   end = schedule_end(saved)
   if step < end and not config.teacher.allow_unfinished:
     raise UnfinishedTeacherError(
-        f"The teacher in {config.teacher.workdir} stops at step {step}, short of the end of its "
+        f"The teacher in {workdir} stops at step {step}, short of the end of its "
         f"schedule (step {end}): finish its training first (run it again with the same "
         f"command), or pass --config.teacher.allow_unfinished=True to distil it as it is.")
   return params

@@ -42,17 +42,29 @@ def sample_from_workdir(workdir: str, sample_config, mesh=None):
   logging.info("sampling %s: step %d", what, step)
   print(f"sampling {what}: step {step} (--config.sample.checkpoint=best|latest|<step>)")
   params, _, step = load_params(workdir, "ema_params" if sc.use_ema else "params", mesh, step)
-  draw = lambda rng, batch_size, params, stage: method.sample(params, rng, batch_size, stage)
+  sample_fn = method.sample
+  if sc.get("all_resolutions", False):   # a nested model: one array per resolution
+    if not hasattr(method, "sample_resolutions"):
+      raise ValueError(f"sample.all_resolutions=True needs a multi-resolution (matryoshka) run; "
+                       f"{workdir} was trained with method {config.method!r}.")
+    sample_fn = method.sample_resolutions
+  draw = lambda rng, batch_size, params, stage: sample_fn(params, rng, batch_size, stage)
   images = generate(draw, sc.num_samples, sc.batch_size, jax.random.PRNGKey(config.seed), mesh,
                     args=(params, {"num_steps": np.int32(sc.num_steps)}), progress=report)
   print()
+  lower = ()
+  if isinstance(images, tuple):   # lowest first: written as <name>_<H>px.png, npz key images_<H>px
+    *lower, images = images
   name = f"{sc.sampler}_{sc.num_steps}steps"
   if sc.guidance_weight:
     name += f"_w{sc.guidance_weight:g}"
   out = checkpoint.workdir_path(workdir) / "samples" / f"{name}_ckpt{step}"
   if jax.process_index() == 0:
     save_grid(images[:256], f"{out}.png")
-    write_npz(f"{out}.npz", images=images)
+    for low in lower:
+      save_grid(low[:256], f"{out}_{low.shape[1]}px.png")
+    write_npz(f"{out}.npz", images=images,
+              **{f"images_{low.shape[1]}px": low for low in lower})
     logging.info("wrote %s.png and %s.npz", out, out)
     print(f"wrote {out}.png and {out}.npz")
   return images

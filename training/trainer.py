@@ -144,7 +144,8 @@ class Trainer:
                                            track_best=config.eval_every_steps > 0)
     latest = self.manager.latest_step()
     if latest is None:
-      teacher = load_teacher(config, self.mesh) if self.method.needs_teacher else None
+      teacher = (load_teacher(config, self.mesh, self.method.teacher_workdir_key)
+                 if self.method.needs_teacher else None)
       init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
       self.state = jax.jit(functools.partial(init_state, self.method, self.tx),
                            out_shardings=rep)(init_rng, state_rng, teacher)

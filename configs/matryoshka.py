@@ -1,0 +1,103 @@
+"""Matryoshka Diffusion presets: --config=configs/matryoshka.py:<preset>.
+
+| preset        | resolutions  | inner network (lowest)                 | outer shells          | weights | p |
+|---------------|--------------|----------------------------------------|-----------------------|---------|---|
+| digits        | 8, 4         | UNet ch 16, (1, 2), attn 2             | ch 8, (1, 2)          | 1:1     | 1 |
+| fashion_mnist | 28, 14       | UNet ch 64, (1, 2), 2 blocks, attn 7   | ch 32, (1, 2), 2 blk  | 1:1     | 1 |
+| mnist         | 28, 14       | as fashion_mnist                       | as fashion_mnist      | 1:1     | 1 |
+| cifar10       | 32, 16       | UNet ch 256, (1, 2, 2), 3 blocks, attn 16, dropout 0.2 | ch 64, (1, 2), 2 blk | 1:1 | 1 |
+| imagenet64    | 64, 32, 16   | UNet ch 192, (1, 2, 3), 3 blocks, attn 16/8, 1000 classes | ch 96 and 48, (1, 2), 2 blk | 16:4:1 | 1 |
+
+Resolutions and weights are listed highest first (as ml-mdm's `multi_res_weights`). The paper's
+settings where they apply (apple/ml-mdm cc12m_256x256 / cc12m_1024x1024 configs): v-prediction
+with the eps-MSE loss and no VDM weights, outer shells narrower than the inner network (ml-mdm
+64-128-256 around 256-512-768 channels) with no attention and no middle blocks, 1:1 weights
+for two resolutions and 16:4:1 for three, shift power p = 1 for a 4x total ratio (the 1024 config
+uses p = 2 for 16x); imagenet64 also takes its optimiser (lr 5e-5, 10k warm-up, gradient clip 2,
+batch 1024). The small presets keep their teacher preset's optimiser, batch and step count so a
+Matryoshka run and a plain teacher compare step for step (bench/matryoshka.py).
+
+Progressive growth (the paper's Sec. 3.3): `<preset>_inner` trains the inner network alone on
+the lower resolutions (a plain UNet on the data pooled to the lowest one); then
+  --config=configs/matryoshka.py:<preset> --config.mdm.inner_workdir=<that run>
+starts the full model from it with a fresh outer shell (nothing frozen, every loss kept).
+"""
+import ml_collections
+
+from configs import teacher
+from configs.base import select
+
+
+def matryoshka_config(c, resolutions, loss_weights, inner, shells, shift_power=1.0):
+  """Turn teacher preset `c` into a Matryoshka run: `inner` the lowest resolution's UNet
+  settings, `shells` the outer shells' settings from the innermost out."""
+  c.method = "matryoshka"
+  c.mdm = ml_collections.ConfigDict(dict(
+      resolutions=tuple(resolutions), loss_weights=tuple(loss_weights),
+      shift_power=shift_power, inner_workdir=""))
+  conditions = dict(num_classes=c.model.num_classes, guidance=False, dropout=c.model.dropout,
+                    dtype=c.model.dtype)
+  model = dict(c.model, **inner)
+  for shell in shells:
+    model = dict(name="nested_unet", inner=model, attn_resolutions=(), num_heads=1, **conditions,
+                 **shell)
+  c.model = ml_collections.ConfigDict(model)
+  c.sample.num_steps = 64
+  return c
+
+
+def inner_run(c):
+  """The inner network of Matryoshka preset `c` trained alone on its lower resolutions."""
+  c.mdm.resolutions = tuple(c.mdm.resolutions)[1:]
+  c.mdm.loss_weights = tuple(c.mdm.loss_weights)[1:]
+  c.model = ml_collections.ConfigDict(c.model.inner.to_dict())
+  return c
+
+
+def digits():
+  return matryoshka_config(teacher.digits(), (8, 4), (1, 1),
+                           inner=dict(ch=16, ch_mult=(1, 2), attn_resolutions=(2,)),
+                           shells=[dict(ch=8, ch_mult=(1, 2), num_res_blocks=1)])
+
+
+def _mnist_like(c):
+  return matryoshka_config(c, (28, 14), (1, 1),
+                           inner=dict(ch=64, ch_mult=(1, 2), num_res_blocks=2,
+                                      attn_resolutions=(7,)),
+                           shells=[dict(ch=32, ch_mult=(1, 2), num_res_blocks=2)])
+
+
+def fashion_mnist():
+  return _mnist_like(teacher.fashion_mnist())
+
+
+def mnist():
+  return _mnist_like(teacher.mnist())
+
+
+def cifar10():
+  return matryoshka_config(teacher.cifar10(), (32, 16), (1, 1),
+                           inner=dict(ch=256, ch_mult=(1, 2, 2), num_res_blocks=3,
+                                      attn_resolutions=(16,)),
+                           shells=[dict(ch=64, ch_mult=(1, 2), num_res_blocks=2)])
+
+
+def imagenet64():
+  c = matryoshka_config(teacher.imagenet64(), (64, 32, 16), (16, 4, 1),
+                        inner=dict(ch=192, ch_mult=(1, 2, 3), num_res_blocks=3,
+                                   attn_resolutions=(16, 8)),
+                        shells=[dict(ch=96, ch_mult=(1, 2), num_res_blocks=2),
+                                dict(ch=48, ch_mult=(1, 2), num_res_blocks=2)])
+  c.optim.update(lr=5e-5, warmup_steps=10_000, grad_clip=2.0)
+  c.batch_size = 1024
+  return c
+
+
+PRESETS = {"digits": digits, "fashion_mnist": fashion_mnist, "mnist": mnist, "cifar10": cifar10,
+           "imagenet64": imagenet64}
+PRESETS.update({f"{name}_inner": (lambda preset=preset: inner_run(preset()))
+                for name, preset in list(PRESETS.items())})
+
+
+def get_config(arg=None):
+  return select(PRESETS, arg, "matryoshka")
