@@ -101,12 +101,15 @@ def test_logits_unbiased_is_pool_times_kernel(forward):
 
 
 def test_fid_is_of_a_constant_sampler(forward):
-  """Two identical samples: FID to (their pool, 0) is 0 and IS is 1 (p(y|x) = p(y))."""
+  """Two identical samples (covariance 0): FID to (their pool + delta, 0) is the closed form
+  |delta|^2 through the whole fid_is path, and IS is 1 (p(y|x) = p(y))."""
   out, variables = forward
-  reference = (np.asarray(out.pool[0], np.float64), np.zeros((2048, 2048)))
+  delta = np.linspace(-0.5, 0.5, 2048)
+  reference = (np.asarray(out.pool[0], np.float64) + delta, np.zeros((2048, 2048)))
   result = metrics.fid_is(constant_sampler, 2, 1, jax.random.key(0), one_device_mesh(), variables,
                           reference, is_splits=1)
-  assert abs(result["FID"]) < 1e-6 and result["IS"] == pytest.approx(1.0, abs=1e-9)
+  assert result["FID"] == pytest.approx(np.sum(delta ** 2), rel=1e-5)
+  assert result["IS"] == pytest.approx(1.0, abs=1e-9)
 
 
 def test_to_inception_input():
