@@ -6,7 +6,10 @@ Progressive distillation runs the teacher twice without gradient and the student
 once with gradient; guided stage 2 runs two guided teacher steps (four network
 evaluations, the conditional and unconditional branches batched together). The Denoising
 Student runs the student once with gradient on stored pairs (no teacher: expect about 1x;
-its one-off pair generation is timed by bench/offline_throughput.py). SiD (data-free)
+its one-off pair generation is timed by bench/offline_throughput.py). Consistency
+distillation runs one teacher ODE step (1 network call with the 'ddim' solver, 2 with
+'heun'), the target network once without gradient and the student once with gradient:
+about 1 (2) teacher + 2 student evaluations with one backward. SiD (data-free)
 runs the generator once with gradient, the teacher and the fake score at x_t (gradient to
 x_t), and the fake score on generated images with gradient: 1 teacher (2 guided) + 3
 network evaluations, with backward passes through G, both score networks at x_t and the
@@ -24,7 +27,7 @@ import jax
 from absl import app, flags
 
 from bench.step_timing import print_table, time_train_step
-from configs import boot, denoising_student, guided, progressive, sid, teacher
+from configs import boot, consistency, denoising_student, guided, progressive, sid, teacher
 from configs import catch_up
 from diffusion.networks import build_network, init_params
 from training.method import get_method
@@ -41,6 +44,12 @@ def random_teacher(config):
   return init_params(build_network(model), jax.random.PRNGKey(1), config.data.shape)
 
 
+def with_solver(config, solver):
+  """A consistency config whose teacher step is `solver`."""
+  config.consistency.teacher_solver = solver
+  return config
+
+
 def catch_up_config(order: int, method: str = "catch_up"):
   """The preset's catch-up run with `order` Runge-Kutta heads (or its flow-matching baseline)."""
   config = catch_up.get_config(FLAGS.preset)
@@ -54,6 +63,8 @@ def main(argv):
              "progressive": progressive.get_config(FLAGS.preset),
              "guided stage 2": guided.get_config(FLAGS.preset),
              "denoising student": denoising_student.get_config(FLAGS.preset),
+             "consistency ddim": with_solver(consistency.get_config(FLAGS.preset), "ddim"),
+             "consistency heun": with_solver(consistency.get_config(FLAGS.preset), "heun"),
              "sid": sid.get_config(FLAGS.preset),
              "sid guided": boot.guided_student(sid.get_config(FLAGS.preset))}
   configs["flow matching"] = catch_up_config(1, "flow_matching")
@@ -66,6 +77,8 @@ def main(argv):
     args = {"num_steps": 8}
     if name == "guided stage 2":
       args["phase"] = 1
+    if name.startswith("consistency"):
+      args = {"num_steps": 1, "grid": 8}
     if name == "denoising student" or name.startswith("sid"):
       args = {"num_steps": 1}
     teacher_params = random_teacher(config) if get_method(config).needs_teacher else None

@@ -9,14 +9,14 @@ Every sampler in `SAMPLERS` (look one up with `get_sampler(name)`) has the signa
   through unchanged (wrap `denoise` with `guided(denoise, w, num_classes)` for
   classifier-free guidance).
 - z: the starting state, (B, ...). For the decoders (`ddim`, `ancestral`, `stochastic`,
-  `euler`, `heun`, `rk4`) it is noise at t = 1 and `out` is the sample at t = 0; for
-  `ddim_encode` it is data at t = 0 and `out` is its code at t = 1.
+  `euler`, `heun`, `rk4`, `consistency`) it is noise at t = 1 and `out` is the sample at
+  t = 0; for `ddim_encode` it is data at t = 0 and `out` is its code at t = 1.
 - num_steps: N, the number of grid intervals. Network evaluations: `SAMPLERS[name].nfe(N)`
   (N for the DDIM family; 1 / 2 / 4 per interval for euler / heun / rk4 but 1 for the last
   one, a DDIM step; N - 1 for `ddim_encode`, whose first step uses the data itself). It may
   be a traced value unless return_trajectory.
-- rng: a PRNG key, required by `ancestral` and `stochastic` (ignored by the others). The
-  noise of step j is `normal(fold_in(rng, j), z.shape)`: drawn for the full batch, so with
+- rng: a PRNG key, required by `ancestral`, `stochastic` and `consistency` (ignored by the
+  others). The noise of step j is `normal(fold_in(rng, j), z.shape)`: drawn for the full batch, so with
   jax's (default) partitionable threefry the samples do not depend on how z is sharded.
 - time_grid: a name in `GRIDS` ("uniform" t_i = i/N, "quadratic" t_i = (i/N)^2).
 - return_trajectory: also return the N + 1 states (N + 1, B, ...), first = z, last = out;
@@ -36,5 +36,6 @@ Every sampler is pure jnp code: jit it with a NamedSharding batch and it runs sh
 from sampling.grids import GRIDS, get_grid
 from sampling.guidance import guided
 from sampling.samplers import SAMPLERS, Sampler, decoders, get_sampler
+from sampling import consistency  # noqa: E402,F401  (registers the "consistency" sampler)
 
 __all__ = ["GRIDS", "SAMPLERS", "Sampler", "decoders", "get_grid", "get_sampler", "guided"]
