@@ -24,6 +24,28 @@ The `cud` section:
   num_steps    N of Delta (16)
   e0           t = e0 + (1 - e0) U; targets fall back to eps - x where t < e0 + k Delta
   sample_head  the head sampling uses (0 = head k, as the reference's --generator k)
+One-step stage (presets <dataset>_onestep, method 'catch_up_onestep', DESIGN.md 5.6): the
+catch-up run is the teacher; two commands on one workdir (same `cud.order` as the run):
+
+  python main.py --mode=pairs --config=configs/catch_up.py:digits_onestep \
+      --config.teacher.workdir=runs/cud --workdir=runs/cud_onestep      # EMA trajectories
+  python main.py --config=configs/catch_up.py:digits_onestep \
+      --config.teacher.workdir=runs/cud --workdir=runs/cud_onestep      # the student
+
+| preset                | trajectories + held-out | per curriculum point | batch | lr   |
+|-----------------------|-------------------------|----------------------|-------|------|
+| digits_onestep        | 8,192 + 1,024           | 300                  | 64    | 2e-3 |
+| fashion_mnist, mnist  | 50,000 + 2,048          | 40k                  | 256   | 3e-4 |
+| cifar10_onestep       | 50,000 + 2,048          | 40k                  | 128   | 2e-4 |
+
+The reference distils 50k trajectories (generate.py --num_samples 50000) for 40k iterations
+per point, 3 points: 500k + 120k = the paper's 620k CIFAR-10 iterations; no warm-up. Each
+row stores z and all 16 x_hat_0 (float32: 9.8 GB for CIFAR-10's 50k rows). The `onestep`
+section: trajectory_steps (16 Euler steps), curriculum (points m of x_hat_0 at t = (N - m)/N,
+one stage each), steps_per_point, ema_weight (0.1), num_trajectories, num_heldout, shard_size,
+generation_batch_size (rows per teacher call on one host; the files depend on it),
+trajectory_seed.
+
 Sampling: `sample.sampler` euler (the reference's 16 Euler steps), heun (two evaluations per
 step), rk4, or ddim (= euler on the flow); `sample.num_steps` = N.
 """
@@ -80,7 +102,45 @@ def cifar10():
   return catch_up_config(c)
 
 
-PRESETS = {"digits": digits, "fashion_mnist": fashion_mnist, "mnist": mnist, "cifar10": cifar10}
+def onestep_config(c, steps_per_point, num_trajectories, num_heldout, shard_size,
+                   generation_batch_size, curriculum=(8, 11, 14)):
+  """Turn catch-up preset `c` into its one-step stage (method 'catch_up_onestep')."""
+  c.method = "catch_up_onestep"
+  c.onestep = ml_collections.ConfigDict(dict(
+      trajectory_steps=16, curriculum=curriculum, steps_per_point=steps_per_point,
+      ema_weight=0.1, num_trajectories=num_trajectories, num_heldout=num_heldout,
+      shard_size=shard_size, generation_batch_size=generation_batch_size, trajectory_seed=0))
+  c.optim.warmup_steps = 0
+  c.num_train_steps = 0   # the whole curriculum (a smaller value stops early, with a warning)
+  c.sample.num_steps = 1
+  c.checkpoint_every_steps = min(c.checkpoint_every_steps, steps_per_point)
+  c.sample_every_steps = min(c.sample_every_steps, steps_per_point)
+  return c
+
+
+def digits_onestep():
+  return onestep_config(digits(), steps_per_point=300, num_trajectories=8192, num_heldout=1024,
+                        shard_size=2048, generation_batch_size=512)
+
+
+def fashion_mnist_onestep():
+  return onestep_config(fashion_mnist(), steps_per_point=40_000, num_trajectories=50_000,
+                        num_heldout=2048, shard_size=5000, generation_batch_size=500)
+
+
+def mnist_onestep():
+  return onestep_config(mnist(), steps_per_point=40_000, num_trajectories=50_000,
+                        num_heldout=2048, shard_size=5000, generation_batch_size=500)
+
+
+def cifar10_onestep():
+  return onestep_config(cifar10(), steps_per_point=40_000, num_trajectories=50_000,
+                        num_heldout=2048, shard_size=2500, generation_batch_size=500)
+
+
+PRESETS = {"digits": digits, "fashion_mnist": fashion_mnist, "mnist": mnist, "cifar10": cifar10,
+           "digits_onestep": digits_onestep, "fashion_mnist_onestep": fashion_mnist_onestep,
+           "mnist_onestep": mnist_onestep, "cifar10_onestep": cifar10_onestep}
 
 
 def get_config(arg=None):

@@ -22,6 +22,8 @@ from sampling import get_sampler
 from tests.distill_fixtures import MIXTURE, gmm_batch, gmm_config, randomize
 from tests.tiny_config import tiny_teacher_config
 from training.mesh import make_mesh
+from training.offline import OfflineDataError
+from training.offline_run import write_offline_data
 from training.method import get_method
 from training.trainer import Trainer
 
@@ -302,3 +304,128 @@ def test_one_and_eight_devices_agree(tmp_path):
   eight = Trainer(tiny_cud_config(4), str(tmp_path / "eight"), make_mesh(8)).run()
   for a, b in zip(_leaves(one), _leaves(eight), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# The one-step stage (method catch_up_onestep).
+
+def onestep_gmm_config(order=2, trajectory_steps=16):
+  config = catch_up_configs.onestep_config(
+      cud_config(order=order), steps_per_point=2, num_trajectories=64, num_heldout=16,
+      shard_size=32, generation_batch_size=16)
+  config.onestep.trajectory_steps = trajectory_steps
+  return config
+
+
+def test_onestep_student_starts_as_one_euler_step_of_the_catch_up_model():
+  teacher_method, teacher = random_method(2)
+  config = onestep_gmm_config()
+  config.sample.clip_x = False
+  method = get_method(config)
+  student = method.init(jax.random.key(0), teacher)
+  rng = jax.random.key(5)
+  z = jax.random.normal(jax.random.split(rng)[0], (64, 2))
+  euler = get_sampler("euler")(teacher_method.denoise, teacher, z, process=method.process,
+                               num_steps=1)    # head 2 = cud.order, the sampling head
+  np.testing.assert_allclose(method.sample(student, rng, 64, {"num_steps": 1}), euler,
+                             rtol=1e-5, atol=1e-6)
+  # With ema = params the EMA term is zero and the loss is the regression alone.
+  rows = method.generate_trajectories(teacher, jax.random.key(6), 64)
+  stage = method.stages()[0].jax_args()
+  loss, metrics = method.loss(student, {}, rows, jax.random.key(7), stage, ema=student)
+  assert float(metrics["ema_loss"]) == 0.0
+  target = rows["trajectory"][:, 8]
+  np.testing.assert_allclose(loss, mse(rows["noise"] - teacher_method.velocities(
+      teacher, rows["noise"], jnp.ones(64))[1], target), rtol=1e-5)
+
+
+def test_trajectories_are_the_euler_sampler_x_hats():
+  """Point 0 is one Euler step from t = 1, the last point is the 16-step Euler sample (each
+  step's x_hat_0 of the head that samples), clipped to [-1, 1]."""
+  teacher_method, teacher = random_method(2)
+  method = get_method(onestep_gmm_config())
+  rows = jax.jit(method.generate_trajectories, static_argnums=2)(teacher, jax.random.key(3), 32)
+  z = jax.random.normal(jax.random.key(3), (32, 2))
+  np.testing.assert_array_equal(rows["noise"], z)
+  assert rows["trajectory"].shape == (32, 16, 2)
+  euler = lambda n: get_sampler("euler")(teacher_method.denoise, teacher, z,
+                                         process=method.process, num_steps=n)
+  np.testing.assert_allclose(rows["trajectory"][:, 0], jnp.clip(euler(1), -1, 1), rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(rows["trajectory"][:, 15], jnp.clip(euler(16), -1, 1), rtol=1e-5,
+                             atol=1e-5)
+  assert float(jnp.max(jnp.abs(rows["trajectory"]))) <= 1.0
+
+
+def test_onestep_presets_and_refusals():
+  for preset in ("digits", "fashion_mnist", "mnist", "cifar10"):
+    config = catch_up_configs.get_config(f"{preset}_onestep")
+    base = catch_up_configs.get_config(preset)
+    assert config.method == "catch_up_onestep" and dict(config.model) == dict(base.model)
+    assert tuple(config.onestep.curriculum) == (8, 11, 14) and config.onestep.ema_weight == 0.1
+    stages = get_method(config).stages()
+    assert [s.args for s in stages] == [{"num_steps": 1, "point": m} for m in (8, 11, 14)]
+    assert config.num_train_steps == 0 and config.sample.num_steps == 1
+  config = onestep_gmm_config()
+  config.onestep.curriculum = (8, 16)
+  with pytest.raises(ValueError, match=r"onestep.curriculum=\(8, 16\): points are "
+                                       r"0..onestep.trajectory_steps - 1 = 15"):
+    get_method(config)
+  config = onestep_gmm_config()
+  del config.onestep
+  config.method = "catch_up_onestep"
+  with pytest.raises(ValueError, match="needs the `onestep` config section"):
+    get_method(config)
+
+
+@pytest.fixture(scope="module")
+def catch_up_run(tmp_path_factory):
+  """A 4-update tiny catch-up run (2 heads) and its trajectories (4 Euler steps), shared."""
+  root = tmp_path_factory.mktemp("cud")
+  Trainer(tiny_cud_config(4), str(root / "cud"), make_mesh(1)).run()
+  config = tiny_onestep_config(str(root / "cud"), str(root / "trajectories"), 6)
+  write_offline_data(config, str(root / "unused"))
+  return root
+
+
+def tiny_onestep_config(teacher_dir, trajectories_dir, num_train_steps):
+  """Curriculum points 1, 2, 3 of 4 Euler steps, 2 updates each."""
+  config = catch_up_configs.onestep_config(
+      tiny_cud_config(0), steps_per_point=2, num_trajectories=64, num_heldout=16,
+      shard_size=32, generation_batch_size=16, curriculum=(1, 2, 3))
+  config.onestep.trajectory_steps = 4
+  config.teacher.workdir = teacher_dir
+  config.offline_dir = trajectories_dir
+  config.num_train_steps = num_train_steps
+  config.checkpoint_every_steps = 2
+  return config
+
+
+def test_onestep_resume_across_curriculum_points_is_bit_exact(tmp_path, catch_up_run):
+  teacher, trajectories = str(catch_up_run / "cud"), str(catch_up_run / "trajectories")
+  full = Trainer(tiny_onestep_config(teacher, trajectories, 6), str(tmp_path / "full"),
+                 make_mesh(1))
+  full_state = full.run()
+  assert full.step_fn._cache_size() == 1 and int(full_state.stage_index) == 2
+  workdir = str(tmp_path / "interrupted")
+  for stop in (2, 3, 6):          # the first boundary, mid-point 2, the end
+    state = Trainer(tiny_onestep_config(teacher, trajectories, stop), workdir,
+                    make_mesh(1)).run()
+    assert int(state.step) == stop
+  for a, b in zip(_leaves(full_state), _leaves(state), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_onestep_one_and_eight_devices_agree(tmp_path, catch_up_run):
+  teacher, trajectories = str(catch_up_run / "cud"), str(catch_up_run / "trajectories")
+  one = Trainer(tiny_onestep_config(teacher, trajectories, 6), str(tmp_path / "one"),
+                make_mesh(1)).run()
+  eight = Trainer(tiny_onestep_config(teacher, trajectories, 6), str(tmp_path / "eight"),
+                  make_mesh(8)).run()
+  for a, b in zip(_leaves(one), _leaves(eight), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_onestep_without_trajectories_names_the_command(tmp_path, catch_up_run):
+  config = tiny_onestep_config(str(catch_up_run / "cud"), "", 6)
+  with pytest.raises(OfflineDataError, match="--mode=pairs"):
+    Trainer(config, str(tmp_path / "run"), make_mesh(1))
