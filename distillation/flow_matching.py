@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from diffusion.denoiser import make_denoiser, model_apply_fn
 from diffusion.heads import head_outputs, select_head
 from diffusion.networks import build_network, build_process, init_params
-from distillation.common import require_sections, sample_images, training_cond
+from distillation.common import require_sections, training_cond
 from training.method import Method, Stage, register
 
 USAGE = "--config=configs/catch_up.py:<preset>"
@@ -62,7 +62,8 @@ def head_denoiser(network, process, head: int = 1):
 
 class VelocityModel(Method):
   """Shared set-up of the methods that train a velocity network with `num_heads()` output
-  heads on the linear flow from data and sample with head `sample_head()`."""
+  heads on the linear flow from data; `self.denoise` is head `sample_head()`'s Denoiser, which
+  the default `Method.sample` draws with (`sample.sampler`, common.sample_images)."""
 
   def __init__(self, config):
     super().__init__(config)
@@ -95,11 +96,6 @@ class VelocityModel(Method):
     t = flow_times(t_rng, x.shape[0], self.config.cud.e0)
     eps = jax.random.normal(eps_rng, x.shape)
     return x, eps, t, self.process.noise(x, t, eps), training_cond(self.config, batch, cond_rng)
-
-  def sample(self, params, rng, num_samples, stage):
-    """`sample.sampler` over head `sample_head` from z_1 ~ N(0, I) (common.sample_images)."""
-    return sample_images(self.config, self.denoise, self.process, params, rng, num_samples,
-                         stage["num_steps"])
 
 
 @register("flow_matching")
