@@ -13,8 +13,8 @@ scripts/launch.sh) mapped onto this project: the paper's N counts grid points, o
 intervals (N = 18 -> 17, 40 -> 39); the Karras rho = 7 grid in sigma on [0.002, 80], dense
 near the data, becomes the quadratic grid t_i = (i/N)^2 on [0, 1] (the teacher's range; its
 first point t_1 = 1/N^2 has sigma_t / alpha_t ~ 0.005 at N = 17, near the paper's 0.002; on
-the uniform grid the last teacher step, a DDIM step from t_1 = 1/N, blurs every target, and a
-digits student came out worse than its initialisation below t = 0.5); uniform weighting; student
+the uniform grid, whose last teacher step is a DDIM step from t_1 = 1/N, the digits preset's
+one-step FD-digits was 29.7 against 22.4 on the quadratic grid); uniform weighting; student
 dropout 0; lr constant after warm-up (CIFAR-10: 10M images, no gradient clipping). The
 target network theta- is 'online' (SG(theta), the paper's mu = 0 on CIFAR-10) and the trainer's
 EMA (optim.ema_decay, 0.9999 as the paper's evaluation EMA) is what samples; on ImageNet-64
