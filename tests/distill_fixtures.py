@@ -28,7 +28,7 @@ def gmm_config(method="progressive", num_classes=0, guidance=False, parameteriza
                                              steps_per_stage=10, fidelity_samples=16,
                                              weighting="truncated_snr"))
   c.guided = ml_collections.ConfigDict(dict(w_min=0.0, w_max=4.0, w_steps=10))
-  c.sample.update(num_samples=16, labels="")
+  c.sample.update(num_samples=16, labels="", clip_x=False)   # not image data: means at +-1.5
   return c
 
 
