@@ -10,7 +10,11 @@ Every sampler in `SAMPLERS` (look one up with `get_sampler(name)`) has the signa
   classifier-free guidance).
 - z: the starting state, (B, ...). For the decoders (`ddim`, `ancestral`, `stochastic`,
   `euler`, `heun`, `rk4`, `consistency`) it is noise at t = 1 and `out` is the sample at
-  t = 0; for `ddim_encode` it is data at t = 0 and `out` is its code at t = 1.
+  t = 0; for `ddim_encode` it is data at t = 0 and `out` is its code at t = 1. Nested z (a
+  Matryoshka model's one array per resolution) is a pytree of such arrays with `process` a
+  pytree of processes like it: every step runs leaf by leaf with that leaf's own scales, the
+  noise of step j is `sampling.noise.normal_like(fold_in(rng, j), z)` (the last leaf draws what
+  a single array would), and `out` is a pytree like z.
 - num_steps: N, the number of grid intervals. Network evaluations: `SAMPLERS[name].nfe(N)`
   (N for the DDIM family; 1 / 2 / 4 per interval for euler / heun / rk4 but 1 for the last
   one, a DDIM step; N - 1 for `ddim_encode`, whose first step uses the data itself). It may
