@@ -58,11 +58,10 @@ def test_bfloat16_loss_and_gradient_close_to_float32(make_config):
 
 
 def test_bfloat16_network_outputs_float32():
-  config = small_unet_config("bfloat16")
-  method = get_method(config)
-  params = method.init(jax.random.key(0))
-  z = jnp.ones((2, 8, 8, 1))
-  pred = method.denoise(params, z, 0.5)
+  method = get_method(small_unet_config("bfloat16"))
+  params = jax.eval_shape(method.init, jax.random.key(0))
+  pred = jax.eval_shape(lambda p, z: method.denoise(p, z, 0.5), params, jnp.ones((2, 8, 8, 1)))
+  assert {a.dtype for a in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
   assert pred.x.dtype == jnp.float32 and pred.eps.dtype == jnp.float32
 
 
