@@ -4,7 +4,10 @@
 
 Progressive distillation runs the teacher twice without gradient and the student
 once with gradient; guided stage 2 runs two guided teacher steps (four network
-evaluations, the conditional and unconditional branches batched together). The Denoising
+evaluations, the conditional and unconditional branches batched together). BOOT
+(data-free) runs the student once without gradient on B and once with gradient on 2B
+(g(eps, s) and g(eps, 1)) and the teacher once on 2B ([z_hat_t; eps]), 4B when guided
+(both branches): about 1 teacher + 3 student evaluations with one backward. The Denoising
 Student runs the student once with gradient on stored pairs (no teacher: expect about 1x;
 its one-off pair generation is timed by bench/offline_throughput.py). Consistency
 distillation runs one teacher ODE step (1 network call with the 'ddim' solver, 2 with

@@ -24,6 +24,7 @@ def time_train_step(config, stage_args: dict, teacher_params=None, steps: int = 
   shape = (config.batch_size,) + tuple(config.data.shape)
   batch = shard_batch(mesh, {"image": np.random.uniform(-1, 1, shape).astype(np.float32),
                              "label": np.zeros(shape[:1], np.int32),
+                             "index": np.arange(shape[0], dtype=np.int32),
                              "noise": np.random.normal(size=shape).astype(np.float32)})
   stage = {k: jnp.asarray(v) for k, v in
            dict(stage_args, num_updates=10**6, first_step=0).items()}
