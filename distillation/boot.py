@@ -77,7 +77,11 @@ def _doubled(tree):
 
 def bootstrap_loss(student, params, teacher, teacher_params, eps, cond, t, s, process,
                    weighting: str = "inverse_delta_sq", lambda_bc: float = 1.0):
-  """Per-example (L_BS + lambda_BC L_BC, L_BS, L_BC), each (B,) (module docstring).
+  """Per-example (L_BS + lambda_BC L_BC, L_BS, L_BC), each (B,): BOOT's bootstrapping
+  objective and boundary loss (Gu et al. 2023, Sec. 3; DESIGN.md 5.5),
+
+    L_BS = w(delta) ||g(eps, s) - SG[y_t + delta (f_T(alpha_t y_t + sigma_t eps, t) - y_t)]||^2,
+    y_t = SG(g(eps, t)),   L_BC = ||g(eps, 1) - f_T(eps, 1)||^2,   w = 1/delta^2 by default.
 
   student(params, eps, t, cond) -> Prediction whose x is the signal g(eps, t, c);
   teacher(teacher_params, z, t, cond) -> Prediction of the (guided) teacher, f_T = its x.
