@@ -24,6 +24,9 @@ The `cud` section:
   num_steps    N of Delta (16)
   e0           t = e0 + (1 - e0) U; targets fall back to eps - x where t < e0 + k Delta
   sample_head  the head sampling uses (0 = head k, as the reference's --generator k)
+Sampling: `sample.sampler` euler (the reference's 16 Euler steps), heun (two evaluations per
+step but the last), rk4, or ddim (= euler on the flow); `sample.num_steps` = N.
+
 One-step stage (presets <dataset>_onestep, method 'catch_up_onestep', DESIGN.md 5.6): the
 catch-up run is the teacher; two commands on one workdir (same `cud.order` as the run):
 
@@ -45,9 +48,6 @@ section: trajectory_steps (16 Euler steps), curriculum (points m of x_hat_0 at t
 one stage each), steps_per_point, ema_weight (0.1), num_trajectories, num_heldout, shard_size,
 generation_batch_size (rows per teacher call on one host; the files depend on it),
 trajectory_seed.
-
-Sampling: `sample.sampler` euler (the reference's 16 Euler steps), heun (two evaluations per
-step), rk4, or ddim (= euler on the flow); `sample.num_steps` = N.
 """
 import ml_collections
 
