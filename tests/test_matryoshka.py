@@ -4,12 +4,25 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
+from configs.matryoshka import get_config as matryoshka_config
+from diffusion.denoiser import make_denoiser, model_apply_fn
 from diffusion.networks import build_network, init_params
 from diffusion.nested_unet import nested_resolutions
+from diffusion.processes import get_process
+from distillation.common import training_cond
+from distillation.matryoshka import avg_pool, multiresolution_losses, shifted_processes
+from sampling import get_sampler
+from sampling.noise import normal_like
+from sampling.steps import ddim_step, scales
 from tests.distill_fixtures import randomize
+from training.mesh import make_mesh
+from training.method import get_method
+from training.pretrained import load_params
+from training.trainer import Trainer
 
 INNER = dict(name="unet", ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(2,),
              num_classes=3)
@@ -72,3 +85,207 @@ def test_three_levels_and_a_wrong_nesting():
   assert [o.shape for o in outs] == [(2,) + s for s in shapes]
   with pytest.raises(ValueError, match="the next lower resolution must be 8"):
     init_params(three, jax.random.key(0), ((2, 2, 1), (4, 4, 1), (16, 16, 1)))
+
+
+# ---- the processes, the loss, the noise ------------------------------------------------------
+
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_shifted_logsnr_is_the_base_minus_p_log_s(power):
+  processes = shifted_processes((4, 8, 16), power)
+  base = get_process("cosine")
+  t = jnp.linspace(0.0, 1.0, 101)
+  for resolution, process in zip((4, 8, 16), processes):
+    np.testing.assert_allclose(process.logsnr(t) - base.logsnr(t),
+                               -power * np.log(resolution / 4), rtol=0, atol=2e-5)
+  assert processes[0] == base
+
+
+def tiny_config(**mdm):
+  """The digits preset with the tiny grown network of these tests, class-conditional."""
+  c = matryoshka_config("digits")
+  c.model = ml_collections.ConfigDict(dict(NESTED, num_classes=10, guidance=False,
+                                           inner=dict(INNER, num_classes=10)))
+  c.mdm.update(mdm)
+  return c
+
+
+@functools.cache
+def grown_method(weights=(1.0, 1.0)):
+  """(method, params, inner params): the tiny digits run, its shell fresh around a UNet."""
+  method = get_method(tiny_config(loss_weights=weights))
+  inner = build_network(method.config.model.inner)
+  inner_params = randomize(init_params(inner, jax.random.key(1), (4, 4, 1)), jax.random.key(2),
+                           0.1)
+  return method, method.init(jax.random.key(0), inner_params), inner_params, inner
+
+
+def digits_batch(n=16, seed=0):
+  x = jax.random.uniform(jax.random.key(seed), (n, 8, 8, 1), minval=-1.0, maxval=1.0)
+  return {"image": x, "label": jnp.arange(n, dtype=jnp.int32) % 10}
+
+
+def test_loss_is_the_weighted_sum_and_the_lowest_alone_is_the_inner_unets_loss():
+  """With weights (0, 1) (highest first) the loss is the plain UNet's eps-MSE on the pooled
+  data with the same t, noise and labels; otherwise w_hi L_hi + w_lo L_lo."""
+  batch, rng = digits_batch(), jax.random.key(7)
+  method, params, inner_params, inner = grown_method()
+  losses = {w: jax.jit(get_method(tiny_config(loss_weights=w)).loss)(
+      params, {}, batch, rng, {})[0] for w in [(0.0, 1.0), (1.0, 0.0), (3.0, 0.5)]}
+  # The same draws as MatryoshkaDiffusion.loss, on the 4x4 data with the UNet alone.
+  t_rng, eps_rng, _, cond_rng = jax.random.split(rng, 4)
+  x_lo = avg_pool(batch["image"], 4)
+  t = jax.random.uniform(t_rng, (16,))
+  eps_lo = normal_like(eps_rng, (x_lo, batch["image"]))[0]
+  cond = training_cond(method.config, batch, cond_rng)
+  plain = make_denoiser(model_apply_fn(inner), get_process("cosine"), "v")
+  single = jnp.mean(multiresolution_losses(plain, inner_params, x_lo, t, eps_lo,
+                                           get_process("cosine"), cond))
+  np.testing.assert_allclose(losses[(0.0, 1.0)], single, rtol=1e-5)
+  np.testing.assert_allclose(losses[(3.0, 0.5)],
+                             3.0 * losses[(1.0, 0.0)] + 0.5 * losses[(0.0, 1.0)], rtol=1e-5)
+  assert float(losses[(1.0, 0.0)]) > 0
+
+
+def test_noise_is_independent_across_resolutions():
+  """corr(eps_lo, avgpool(eps_hi) * 2) over many draws is ~0 (it is 1 for pooled noise)."""
+  shapes = (jax.ShapeDtypeStruct((4096, 4, 4, 1), jnp.float32),
+            jax.ShapeDtypeStruct((4096, 8, 8, 1), jnp.float32))
+  eps_lo, eps_hi = normal_like(jax.random.key(0), shapes)
+  pooled = 2.0 * avg_pool(eps_hi, 4)     # unit variance, what ml-mdm redraws away
+  corr = float(jnp.corrcoef(eps_lo.ravel(), pooled.ravel())[0, 1])
+  assert abs(corr) < 0.02, corr
+  np.testing.assert_allclose(jnp.std(pooled), 1.0, rtol=0.02)
+  # The highest resolution draws what a plain model's z_1 draws from the same key.
+  np.testing.assert_array_equal(eps_hi, jax.random.normal(jax.random.key(0), (4096, 8, 8, 1)))
+
+
+def test_one_nested_ddim_step_is_a_ddim_step_per_resolution():
+  method, params, _, _ = grown_method()
+  params = randomize(params, jax.random.key(3), 0.1)
+  z = normal_like(jax.random.key(4), tuple(jax.ShapeDtypeStruct((6,) + s, jnp.float32)
+                                          for s in method.shapes))
+  cond = {"label": jnp.arange(6, dtype=jnp.int32)}
+  out = get_sampler("ddim")(method.denoise, params, z, cond, process=method.processes,
+                            num_steps=2)
+  # By hand: the network once at t = 1 (both outputs), then each resolution's own DDIM step
+  # to t = 1/2 with its own alpha, sigma; then the same from 1/2 to 0.
+  for t, s in ((1.0, 0.5), (0.5, 0.0)):
+    pred = method.denoise(params, z, t, cond)
+    z = tuple(ddim_step(type(pred)(x=pred.x[r], eps=pred.eps[r]),
+                        *scales(method.processes[r], s)) for r in range(2))
+    alpha_lo, _ = scales(method.processes[0], s)
+    alpha_hi, _ = scales(method.processes[1], s)
+    if s > 0:
+      assert float(alpha_hi) < float(alpha_lo)    # the higher resolution is noisier at s
+  for a, b in zip(out, z, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ancestral", "heun"])
+def test_sampling_returns_the_highest_resolution(sampler):
+  config = tiny_config()
+  config.sample.update(sampler=sampler, guidance_weight=1.5)
+  method = get_method(config)
+  _, params, _, _ = grown_method()
+  stage = {"num_steps": 3}
+  images = jax.jit(method.sample, static_argnums=2)(params, jax.random.key(5), 4, stage)
+  assert images.shape == (4, 8, 8, 1) and bool(jnp.all(jnp.isfinite(images)))
+  assert float(jnp.max(jnp.abs(images))) <= 1.0        # sample.clip_x
+  both = method.sample_resolutions(params, jax.random.key(5), 4, stage)
+  assert [a.shape for a in both] == [(4, 4, 4, 1), (4, 8, 8, 1)]
+  np.testing.assert_allclose(both[1], images, rtol=1e-5, atol=1e-6)
+
+
+def test_config_checks():
+  with pytest.raises(ValueError, match=r"mdm.resolutions \[3\] do not divide the 8x8 data"):
+    get_method(tiny_config(resolutions=(8, 3)))
+  with pytest.raises(ValueError, match="needs one weight per resolution"):
+    get_method(tiny_config(loss_weights=(1.0,)))
+  with pytest.raises(ValueError, match=r"takes the resolutions \(8, 4\) \(highest first\) but "
+                                       r"mdm.resolutions=\(8, 2\)"):
+    get_method(tiny_config(resolutions=(8, 2)))
+  method, params, inner_params, _ = grown_method()
+  wrong = dict(inner_params, Conv_0={"kernel": jnp.zeros((3, 3, 1, 4)),
+                                     "bias": jnp.zeros((4,))})
+  with pytest.raises(ValueError, match=r"inner model in mdm.inner_workdir.*different shapes "
+                                       r"\[\(\"\['Conv_0'\]\['bias'\]\", \(8,\), \(4,\)\)"):
+    method.init(jax.random.key(0), wrong)
+
+
+@pytest.mark.parametrize("preset", ["digits", "fashion_mnist", "mnist", "cifar10", "imagenet64"])
+def test_presets_nest_their_resolutions(preset):
+  for name in (preset, f"{preset}_inner"):
+    method = get_method(matryoshka_config(name))
+    assert method.resolutions == tuple(sorted(matryoshka_config(name).mdm.resolutions))
+    assert method.stages()[0].args["num_steps"] == method.config.sample.num_steps
+
+
+# ---- through the trainer: growth, resume, devices --------------------------------------------
+
+TRAINER_INNER = dict(name="unet", ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(),
+                     num_heads=1, dropout=0.0, num_classes=0, guidance=False, dtype="float32")
+
+
+def run_config(num_train_steps, inner_workdir="", resolutions=(8, 4)):
+  """A tiny digits run: (8, 4) with a fresh 8x8 shell around a 4x4 UNet, or (4,) the UNet alone."""
+  c = matryoshka_config("digits")
+  model = dict(name="nested_unet", ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+               num_heads=1, dropout=0.0, num_classes=0, guidance=False, dtype="float32",
+               inner=TRAINER_INNER)
+  c.model = ml_collections.ConfigDict(model if len(resolutions) > 1 else TRAINER_INNER)
+  c.mdm.update(resolutions=resolutions, loss_weights=(1.0,) * len(resolutions),
+               inner_workdir=inner_workdir)
+  c.batch_size, c.num_train_steps = 8, num_train_steps
+  c.checkpoint_every_steps, c.log_every_steps, c.sample_every_steps = 2, 2, 1000
+  c.sample.update(num_steps=2, num_samples=8, batch_size=8)
+  c.optim.warmup_steps = 2
+  c.data.read_threads = 0
+  return c
+
+
+@pytest.fixture(scope="module")
+def inner_dir(tmp_path_factory):
+  """A trained 4x4 UNet on digits average-pooled to 4x4 (the `digits_inner` kind of run)."""
+  workdir = str(tmp_path_factory.mktemp("inner"))
+  Trainer(run_config(4, resolutions=(4,)), workdir, make_mesh(1)).run()
+  return workdir
+
+
+def _leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(
+      (state.params, state.ema_params, state.opt_state, state.step)))]
+
+
+@pytest.mark.parametrize("grown", [False, True])
+def test_nested_and_grown_runs_resume_bit_exactly(tmp_path, inner_dir, grown):
+  inner = inner_dir if grown else ""
+  start = Trainer(run_config(4, inner), str(tmp_path / "start"), make_mesh(1))
+  if grown:   # the inner starts as the trained UNet's EMA, the shell fresh
+    trained, _, _ = load_params(inner_dir)
+    for a, b in zip(jax.tree.leaves(start.state.params["inner"]), jax.tree.leaves(trained),
+                    strict=True):
+      np.testing.assert_array_equal(a, b)
+  full = start.run()
+  if grown:   # nothing frozen: the inner trained on
+    assert any(not np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(full.params["inner"]), jax.tree.leaves(trained)))
+  workdir = str(tmp_path / "interrupted")
+  Trainer(run_config(2, inner), workdir, make_mesh(1)).run()
+  # The restart resumes from the checkpoint (the inner workdir is not read again).
+  resumed = Trainer(run_config(4, inner), workdir, make_mesh(1)).run()
+  for a, b in zip(_leaves(full), _leaves(resumed), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_one_and_eight_devices_agree(tmp_path, inner_dir):
+  one = Trainer(run_config(4, inner_dir), str(tmp_path / "one"), make_mesh(1)).run()
+  eight = Trainer(run_config(4, inner_dir), str(tmp_path / "eight"), make_mesh(8)).run()
+  for a, b in zip(_leaves(one), _leaves(eight), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_growth_around_the_wrong_model_names_the_parameters(tmp_path, inner_dir):
+  config = run_config(4, inner_dir)
+  config.model.inner.ch = 12
+  with pytest.raises(ValueError, match=r"inner model in mdm.inner_workdir=.*different shapes"):
+    Trainer(config, str(tmp_path / "wrong"), make_mesh(1))
