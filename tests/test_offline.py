@@ -2,6 +2,7 @@
 (training/offline_source.py): files independent of the process count and of interruptions,
 atomic shards, settings checked on restart, rows and resume through grain."""
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from etils import epath
 
 from tests import offline_worker
 from training import offline, offline_source
@@ -64,6 +66,16 @@ def test_every_shard_is_written_once_with_its_cost(reference):
   cost = __import__("json").load(open(os.path.join(reference, "cost.json")))
   assert cost["rows"] == 240 and cost["evaluations"] == 240 * spec.evaluations_per_example
   assert cost["seconds"] > 0 and cost["rows_per_second"] > 0
+
+
+def test_writing_a_finished_set_again_changes_nothing(reference, tmp_path):
+  """A restarted pipeline writes a finished part's data again: a no-op, not an error."""
+  copy = tmp_path / "copy"
+  shutil.copytree(reference, copy)
+  before = shard_files(copy)
+  cost = offline.write(offline_worker.SPEC, {}, epath.Path(copy))
+  assert shard_files(copy) == before
+  assert cost["rows"] == 240
 
 
 def test_two_processes_write_the_same_files_as_one(reference, tmp_path):

@@ -103,10 +103,11 @@ def encode(rows: dict) -> bytes:
 
 
 def atomic_write(path: epath.Path, data: bytes, suffix: str):
-  """Write `data` to a temporary name beside `path`, then rename it to `path`."""
+  """Write `data` to a temporary name beside `path`, then move it onto `path` (replacing a
+  previous version, e.g. cost.json when a finished run is written again)."""
   tmp = path.parent / f".{path.name}.tmp-{suffix}"
   tmp.write_bytes(data)
-  tmp.rename(path)
+  tmp.replace(path)
 
 
 def metadata(spec: OfflineData, shapes: dict) -> dict:
