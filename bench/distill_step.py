@@ -20,6 +20,10 @@ fake score (parameters only through G and the fake score's own loss). Times
 come from one run, reported as ratios to the teacher step (expect about 1.7x and
 2.3x), with each step's memory from XLA's memory analysis.
 
+Matryoshka (configs/matryoshka.py, no teacher) trains a NestedUNet on every resolution at once:
+its vs_teacher is the NestedUNet step over the plain UNet step at the same top resolution
+(bench/matryoshka.py also measures the training steps each needs to reach a given FD).
+
 Catch-up distillation (configs/catch_up.py, no teacher) is timed against its own baseline,
 flow matching on the same network (column vs_flow): with k Runge-Kutta heads it adds, without
 gradient, k - 1 sequential stage evaluations (k2, k3; k1 is the prediction itself) and one
@@ -31,7 +35,7 @@ from absl import app, flags
 
 from bench.step_timing import print_table, time_train_step
 from configs import boot, consistency, denoising_student, guided, progressive, sid, teacher
-from configs import catch_up
+from configs import catch_up, matryoshka
 from diffusion.networks import build_network, init_params
 from training.method import get_method
 
@@ -72,6 +76,7 @@ def main(argv):
              "sid guided": boot.guided_student(sid.get_config(FLAGS.preset))}
   configs["flow matching"] = catch_up_config(1, "flow_matching")
   configs.update({f"catch-up k={k}": catch_up_config(k) for k in (1, 2, 3)})
+  configs["matryoshka"] = matryoshka.get_config(FLAGS.preset)
   batch = FLAGS.batch_size or configs["teacher"].batch_size
   configs["teacher"].model.num_classes = configs["guided stage 2"].model.num_classes
   rows = []
