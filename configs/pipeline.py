@@ -20,10 +20,16 @@ Presets:
   digits         teacher -> progressive distillation 64 -> 1 steps -> report (the README's
                  first command, about 7 minutes on 2 CPU cores)
   fashion_mnist  the same on Fashion-MNIST (hours on a CPU)
+  digits_all     every method on the digits teachers, one report (`all_methods`): the
+                 teacher and the class-conditional teacher guided distillation needs;
+                 progressive, guided, Denoising Student, BOOT, consistency and SiD distilled
+                 from them; Catch-Up (and its one-step stage) and Matryoshka trained on the
+                 same data with the teacher's budget of updates
 """
 import ml_collections
 
-from configs import progressive, teacher
+from configs import (boot, catch_up, consistency, denoising_student, guided, matryoshka,
+                     progressive, sid, teacher)
 from configs.base import select
 
 TEACHER_STEPS = (1, 2, 4, 8, 16, 32, 64)
@@ -56,10 +62,37 @@ def progressive_pipeline(preset: str, num_samples: int, reference_steps: int):
       num_samples=num_samples, reference_steps=reference_steps)
 
 
+def all_methods(preset: str, num_samples: int, reference_steps: int):
+  """Every method of the project on the `preset` teachers, one report (module docstring)."""
+  parts = dict(
+      teacher=teacher.get_config(preset), teacher_cond=teacher.get_config(f"{preset}_cond"),
+      progressive=progressive.get_config(preset), guided=guided.get_config(preset),
+      denoising_student=denoising_student.get_config(preset), boot=boot.get_config(preset),
+      consistency=consistency.get_config(preset), sid=sid.get_config(preset),
+      catch_up=catch_up.get_config(preset),
+      catch_up_onestep=catch_up.get_config(f"{preset}_onestep"),
+      matryoshka=matryoshka.get_config(preset))
+  teachers = dict(progressive="teacher", guided="teacher_cond", denoising_student="teacher",
+                  boot="teacher", consistency="teacher", sid="teacher",
+                  catch_up_onestep="catch_up")
+  weights = (0.0, 2.0)
+  rows = dict(
+      teacher=row_spec(TEACHER_STEPS),
+      teacher_cond=row_spec((1, 4, 16, 64), guidance_weights=weights, reference="teacher_cond"),
+      progressive=row_spec(), guided=row_spec(guidance_weights=weights, reference="teacher_cond"),
+      denoising_student=row_spec(), boot=row_spec(), sid=row_spec(),
+      consistency=row_spec((1, 2, 4), samplers=("consistency",)),
+      catch_up=row_spec((1, 2, 4, 8, 15), samplers=("euler", "heun")),
+      catch_up_onestep=row_spec(), matryoshka=row_spec(TEACHER_STEPS))
+  return pipeline_config(parts, teachers, rows, num_samples=num_samples,
+                         reference_steps=reference_steps)
+
+
 PRESETS = {
     "digits": lambda: progressive_pipeline("digits", num_samples=500, reference_steps=128),
     "fashion_mnist": lambda: progressive_pipeline("fashion_mnist", num_samples=5000,
                                                   reference_steps=512),
+    "digits_all": lambda: all_methods("digits", num_samples=500, reference_steps=128),
 }
 
 

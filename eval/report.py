@@ -49,12 +49,17 @@ def teacher_entries(workdir: str, steps, reference_steps: int, sampler: str, wei
 
 def student_entries(workdir: str, sampler: str, weights, name: str = "",
                     reference: str = "") -> list:
-  """One entry per stage whose final checkpoint the workdir holds, with the stage's N."""
+  """One entry per stage whose final checkpoint the workdir holds, with the stage's N; the
+  last stage's is the best checkpoint (lowest held-out loss) of a run that keeps one."""
   saved = checkpoint.read_config(workdir)
   config = sample_programs.sampling_config(saved, sampler, 0.0)
-  kept = set(checkpoint.require_checkpoint(workdir).all_steps())
+  manager = checkpoint.require_checkpoint(workdir)
+  kept = set(manager.all_steps())
   stages = get_method(config).stages()
   ends = np.cumsum([stage.num_updates for stage in stages]).tolist()
+  best = checkpoint.best_step(manager)
+  if best is not None and ends[-1] in kept:
+    ends[-1] = best
   name = name or os.path.basename(os.path.normpath(workdir))
   entries = []
   for stage, end in zip(stages, ends):
