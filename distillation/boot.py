@@ -152,6 +152,10 @@ class Boot(Method):
     steps = self.config.boot.steps_per_stage
     return [Stage(steps, {"num_steps": 1, "grid": n}, f"N{n}") for n in self.schedule]
 
+  def teacher_evaluations_per_example(self, stage):
+    """f_T at z_hat_t and at eps (the boundary), one batched call (doubled when guided)."""
+    return 2 * self.conditioning.teacher_evaluations
+
   def loss(self, params, frozen, batch, rng, stage, ema=None):
     del ema
     bc = self.config.boot

@@ -96,6 +96,10 @@ def test_digits_all_has_a_row_for_every_method_and_an_interrupted_run_continues(
   assert set(report["parts"].values()) == methods
   for row in rows:
     assert row["train_updates"] > 0 and math.isfinite(row["FD-digits"])
+  # Training cost: teacher evaluations per example-update times updates times batch (16).
+  cost = {r["model"]: (r["train_updates"], r["teacher_evaluations"]) for r in rows}
+  assert cost["progressive"] == (4, 4 * 16 * 2) and cost["boot"] == (4, 4 * 16 * 2)
+  assert cost["teacher"] == (4, 0) and cost["catch_up"] == (4, 0)
   # Interrupted by a SIGTERM in the middle of the progressive part, then the same command.
   workdir = tmp_path / "interrupted"
   watcher = _sigterm_when(workdir / "progressive" / "checkpoints" / "2")
