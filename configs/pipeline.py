@@ -8,7 +8,8 @@ and one quality report of them in <workdir>/report:
   rows      {part: how the report evaluates it}: `steps` (step counts of its latest
             checkpoint; () = every stage end at the stage's own N, for distilled students),
             `samplers`, `guidance_weights`, `reference` (the part whose reference_steps-step
-            DDIM samples its fidelity is measured against)
+            DDIM samples its fidelity is measured against), `max_nfe` (leave out step
+            counts whose sampler needs more network evaluations; 0 = keep all)
   report    the report's metric settings (eval.report.report_options)
 
 Every part resumes from its own checkpoints, so an interrupted pipeline restarted with the
@@ -35,11 +36,12 @@ from configs.base import select
 TEACHER_STEPS = (1, 2, 4, 8, 16, 32, 64)
 
 
-def row_spec(steps=(), samplers=("ddim",), guidance_weights=(0.0,), reference="teacher"):
+def row_spec(steps=(), samplers=("ddim",), guidance_weights=(0.0,), reference="teacher",
+             max_nfe=0):
   """How the report evaluates one part (see the module docstring)."""
   return ml_collections.ConfigDict(dict(steps=tuple(steps), samplers=tuple(samplers),
                                         guidance_weights=tuple(guidance_weights),
-                                        reference=reference))
+                                        reference=reference, max_nfe=max_nfe))
 
 
 def pipeline_config(parts: dict, teachers: dict, rows: dict, **report):
@@ -82,7 +84,7 @@ def all_methods(preset: str, num_samples: int, reference_steps: int):
       progressive=row_spec(), guided=row_spec(guidance_weights=weights, reference="teacher_cond"),
       denoising_student=row_spec(), boot=row_spec(), sid=row_spec(),
       consistency=row_spec((1, 2, 4), samplers=("consistency",)),
-      catch_up=row_spec((1, 2, 4, 8, 15), samplers=("euler", "heun")),
+      catch_up=row_spec((1, 2, 4, 8, 15), samplers=("euler", "heun"), max_nfe=15),
       catch_up_onestep=row_spec(), matryoshka=row_spec(TEACHER_STEPS))
   return pipeline_config(parts, teachers, rows, num_samples=num_samples,
                          reference_steps=reference_steps)

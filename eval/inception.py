@@ -36,6 +36,10 @@ from eval import npz_tree
 
 DEFAULT_WEIGHTS = os.path.expanduser("~/.cache/diffusion_distillation_jax/inception_fid.npz")
 INPUT_SIZE = 299
+# How `to_inception_input` prepares images, the same for samples and reference statistics
+# (reports state it: FIDs are comparable only under one convention).
+RESIZE_CONVENTION = ("8-bit levels, grey tiled to RGB, bilinear resize to 299x299 "
+                     "(jax.image.resize, antialias=False)")
 NUM_CLASSES = 1008
 
 

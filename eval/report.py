@@ -28,7 +28,8 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
-from eval import quality, quality_table, sample_programs  # noqa: E402
+from eval import inception, quality, quality_table, sample_programs  # noqa: E402
+from sampling import SAMPLERS  # noqa: E402
 from training import checkpoint  # noqa: E402
 from training.method import get_method  # noqa: E402
 
@@ -74,17 +75,20 @@ def student_entries(workdir: str, sampler: str, weights, name: str = "",
 
 
 def model_entries(workdir: str, name: str, steps=(), samplers=("ddim",), weights=(0.0,),
-                  reference: str = "") -> list:
-  """A model's rows: its latest checkpoint at each of `steps` with each sampler, or, with no
-  `steps`, every stage end at the stage's own N (a distilled student); fidelity against
+                  reference: str = "", max_nfe: int = 0) -> list:
+  """A model's rows: its latest checkpoint at each of `steps` with each sampler (those whose
+  sampler needs at most `max_nfe` network evaluations, when given), or, with no `steps`,
+  every stage end at the stage's own N (a distilled student); fidelity against
   `reference`'s samples ('' = the report's teacher)."""
   entries = []
   for sampler in samplers:
     if steps:
       config = sample_programs.sampling_config(checkpoint.read_config(workdir), sampler, 0.0)
+      affordable = [n for n in sorted(set(steps))
+                    if not max_nfe or SAMPLERS[sampler].nfe(n) <= max_nfe]
       entries += [quality.Entry(workdir, n, sampler, w, name=name, reference=reference)
                   for w in sample_programs.guidance_weights_for(config, weights)
-                  for n in sorted(set(steps))]
+                  for n in affordable]
     else:
       entries += student_entries(workdir, sampler, weights, name, reference)
   return entries
@@ -124,9 +128,12 @@ def plot(rows, path: str) -> str:
 
 def metric_settings(options: quality.Options) -> dict:
   """What makes two reports' metrics comparable: rows may be merged only when these agree."""
-  return dict(num_samples=options.num_samples, seed=options.seed, metrics=list(options.metrics),
-              reference_steps=options.reference_steps, reference_split=options.reference_split,
-              clip_x=options.clip_x)
+  settings = dict(num_samples=options.num_samples, seed=options.seed,
+                  metrics=list(options.metrics), reference_steps=options.reference_steps,
+                  reference_split=options.reference_split, clip_x=options.clip_x)
+  if "fid" in options.metrics:
+    settings["fid_resize"] = inception.RESIZE_CONVENTION
+  return settings
 
 
 def reference_statistics(rows, split: str) -> str:

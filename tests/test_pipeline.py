@@ -86,3 +86,7 @@ def test_merge_refuses_reports_with_different_metric_settings(tmp_path):
   with pytest.raises(IncomparableReportsError, match=r"num_samples \(500 vs 1000\)"):
     merge_reports([a, c], str(tmp_path / "refused"))
   assert not (tmp_path / "refused").exists()
+  # FID settings name the resize convention; FD over the dataset classifier has none.
+  assert "fid_resize" not in metric_settings(report_options(str(tmp_path)))
+  fid = metric_settings(report_options(str(tmp_path), metrics=("fid",)))
+  assert "bilinear resize to 299x299" in fid["fid_resize"]

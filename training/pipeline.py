@@ -114,7 +114,7 @@ def run_pipeline(config, workdir: str) -> list[dict]:
   for part in order:
     spec = config.rows[part]
     entries += model_entries(str(root / part), part, spec.steps, spec.samplers,
-                             spec.guidance_weights, str(root / spec.reference))
+                             spec.guidance_weights, str(root / spec.reference), spec.max_nfe)
   references = {(r.reference, r.guidance_weight) for r in entries}
   entries += [e for e in (quality.Entry(workdir, options.reference_steps, "ddim", w,
                                         name=epath.Path(workdir).name, reference=workdir)
