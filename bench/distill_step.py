@@ -12,13 +12,13 @@ Student runs the student once with gradient on stored pairs (no teacher: expect 
 its one-off pair generation is timed by bench/offline_throughput.py). Consistency
 distillation runs one teacher ODE step (1 network call with the 'ddim' solver, 2 with
 'heun'), the target network once without gradient and the student once with gradient:
-about 1 (2) teacher + 2 student evaluations with one backward. SiD (data-free)
-runs the generator once with gradient, the teacher and the fake score at x_t (gradient to
-x_t), and the fake score on generated images with gradient: 1 teacher (2 guided) + 3
-network evaluations, with backward passes through G, both score networks at x_t and the
-fake score (parameters only through G and the fake score's own loss). Times
+about 1 (2) teacher + 2 student evaluations with one backward. SiD (data-free) runs the
+generator once with gradient, the teacher and the fake score at x_t (gradient to x_t), and
+the fake score on generated images with gradient: 1 teacher (2 guided) + 3 network
+evaluations, with backward passes through G, both score networks at x_t and the fake score
+(parameters only through G and the fake score's own loss). Times
 come from one run, reported as ratios to the teacher step (expect about 1.7x and
-2.3x), with each step's memory from XLA's memory analysis.
+2.3x for progressive and guided), with each step's memory from XLA's memory analysis.
 
 Matryoshka (configs/matryoshka.py, no teacher) trains a NestedUNet on every resolution at once:
 its vs_teacher is the NestedUNet step over the plain UNet step at the same top resolution
@@ -34,12 +34,13 @@ import jax
 from absl import app, flags
 
 from bench.step_timing import print_table, time_train_step
-from configs import boot, consistency, denoising_student, guided, progressive, sid, teacher
-from configs import catch_up, matryoshka
+from configs import (boot, catch_up, consistency, denoising_student, guided, matryoshka,
+                     progressive, sid, teacher)
 from diffusion.networks import build_network, init_params
 from training.method import get_method
 
-flags.DEFINE_string("preset", "digits", "Preset of configs/{teacher,progressive,guided}.py.")
+flags.DEFINE_string("preset", "digits",
+                    "Preset of configs/{teacher,progressive,guided,boot,consistency,sid}.py.")
 flags.DEFINE_integer("steps", 10, "Timed steps per method.")
 flags.DEFINE_integer("batch_size", 0, "Global batch size (0 = the teacher preset's).")
 FLAGS = flags.FLAGS
@@ -49,6 +50,13 @@ def random_teacher(config):
   """Teacher parameters of the config's network without the w-embedding (timing only)."""
   model = dict(config.model, guidance=False)
   return init_params(build_network(model), jax.random.PRNGKey(1), config.data.shape)
+
+
+def unguided(config):
+  """A BOOT config whose teacher runs without guidance (w = 0, one branch)."""
+  config.model.guidance = False
+  config.boot.guidance_weight = 0.0
+  return config
 
 
 def with_solver(config, solver):
@@ -69,6 +77,8 @@ def main(argv):
   configs = {"teacher": teacher.get_config(FLAGS.preset),
              "progressive": progressive.get_config(FLAGS.preset),
              "guided stage 2": guided.get_config(FLAGS.preset),
+             "boot": unguided(boot.get_config(FLAGS.preset)),
+             "boot guided": boot.guided_student(boot.get_config(FLAGS.preset)),
              "denoising student": denoising_student.get_config(FLAGS.preset),
              "consistency ddim": with_solver(consistency.get_config(FLAGS.preset), "ddim"),
              "consistency heun": with_solver(consistency.get_config(FLAGS.preset), "heun"),
@@ -85,7 +95,7 @@ def main(argv):
     args = {"num_steps": 8}
     if name == "guided stage 2":
       args["phase"] = 1
-    if name.startswith("consistency"):
+    if name.startswith(("boot", "consistency")):
       args = {"num_steps": 1, "grid": 8}
     if name == "denoising student" or name.startswith("sid"):
       args = {"num_steps": 1}
