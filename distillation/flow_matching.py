@@ -16,9 +16,10 @@ import jax.numpy as jnp
 
 from diffusion.denoiser import make_denoiser, model_apply_fn
 from diffusion.heads import head_outputs, select_head
-from diffusion.networks import build_network, build_process, init_params
+from diffusion.networks import build_network, build_process
 from distillation.common import require_sections, training_cond
-from training.method import Method, Stage, register
+from distillation.teacher import FromData
+from training.method import register
 
 USAGE = "--config=configs/catch_up.py:<preset>"
 
@@ -60,7 +61,7 @@ def head_denoiser(network, process, head: int = 1):
   return make_denoiser(select_head(model_apply_fn(network), head), process, "velocity")
 
 
-class VelocityModel(Method):
+class VelocityModel(FromData):
   """Shared set-up of the methods that train a velocity network with `num_heads()` output
   heads on the linear flow from data; `self.denoise` is head `sample_head()`'s Denoiser, which
   the default `Method.sample` draws with (`sample.sampler`, common.sample_images)."""
@@ -79,15 +80,6 @@ class VelocityModel(Method):
 
   def sample_head(self) -> int:
     return 1
-
-  def init(self, rng, teacher_params=None):
-    return init_params(self.network, rng, self.config.data.shape)
-
-  def init_frozen(self, teacher_params=None):
-    return {}
-
-  def stages(self):
-    return [Stage(self.config.num_train_steps, {"num_steps": self.config.sample.num_steps})]
 
   def noised(self, batch, rng):
     """(x, eps, t, z_t, cond) of a training batch."""

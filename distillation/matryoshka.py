@@ -33,8 +33,9 @@ from diffusion.nested_unet import nested_resolutions
 from diffusion.networks import build_network, init_params
 from diffusion.processes import shifted_cosine
 from distillation.common import require_sections, sample_images, training_cond
+from distillation.teacher import FromData
 from sampling.noise import normal_like
-from training.method import Method, Stage, register
+from training.method import register
 from training.pretrained import check_same_structure
 
 
@@ -86,7 +87,7 @@ def check_resolutions(mdm, image_size: int) -> tuple:
 
 
 @register("matryoshka")
-class MatryoshkaDiffusion(Method):
+class MatryoshkaDiffusion(FromData):
   """Trains a NestedUNet (or, for one resolution, a plain network) on the multi-resolution
   loss; one stage of num_train_steps updates; grows around `mdm.inner_workdir` when set."""
   teacher_workdir_key = "mdm.inner_workdir"
@@ -134,12 +135,6 @@ class MatryoshkaDiffusion(Method):
     check_same_structure(params["inner"], teacher_params,
                          f"The inner model in mdm.inner_workdir={self.config.mdm.inner_workdir}")
     return dict(params, inner=teacher_params)
-
-  def init_frozen(self, teacher_params=None):
-    return {}
-
-  def stages(self):
-    return [Stage(self.config.num_train_steps, {"num_steps": self.config.sample.num_steps})]
 
   def loss(self, params, frozen, batch, rng, stage, ema=None):
     """sum_r w_r eps-MSE_r with one t, independent eps_r = normal_like(eps key, pyramid)."""

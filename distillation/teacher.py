@@ -12,13 +12,10 @@ from distillation.common import training_cond
 from training.method import Method, Stage, register
 
 
-@register("teacher")
-class TeacherTraining(Method):
-  """Trains a diffusion model from data; one stage of `num_train_steps` updates."""
-
-  def __init__(self, config):
-    super().__init__(config)
-    self.network, self.process, self.denoise = build_denoiser(config)
+class FromData(Method):
+  """Base of the methods that train a fresh `self.network` from data, with nothing frozen,
+  in one stage of `num_train_steps` updates sampled with `sample.num_steps` (the teacher,
+  flow matching and Catch-Up, Matryoshka)."""
 
   def init(self, rng, teacher_params=None):
     return init_params(self.network, rng, self.config.data.shape)
@@ -28,6 +25,15 @@ class TeacherTraining(Method):
 
   def stages(self):
     return [Stage(self.config.num_train_steps, {"num_steps": self.config.sample.num_steps})]
+
+
+@register("teacher")
+class TeacherTraining(FromData):
+  """Trains a diffusion model from data; one stage of `num_train_steps` updates."""
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.network, self.process, self.denoise = build_denoiser(config)
 
   def loss(self, params, frozen, batch, rng, stage, ema=None):
     x = batch["image"]
