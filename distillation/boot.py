@@ -36,8 +36,8 @@ from diffusion.parameterization import Prediction
 from diffusion.processes import broadcast_to
 from diffusion.registry import Registry
 from diffusion.targets import signal_step_size, signal_target
-from distillation.common import (check_teacher, ddim_samples, fidelity_metrics, initial_noise,
-                                 require_sections, sample_cond)
+from distillation.common import (check_teacher, ddim_samples, fidelity_metrics, grid_sizes,
+                                 initial_noise, require_sections, sample_cond)
 from distillation.data_free import DataFreeConditioning, example_keys, per_example
 from distillation.guided import embed_params
 from sampling.steps import ddim_step, scales
@@ -103,18 +103,6 @@ def bootstrap_loss(student, params, teacher, teacher_params, eps, cond, t, s, pr
   return l_bs + lambda_bc * l_bc, l_bs, l_bc
 
 
-def parse_schedule(schedule) -> list[int]:
-  """'16,32,64' (or one int) -> [16, 32, 64]; a clear error unless every N >= 1."""
-  try:
-    sizes = [int(v) for v in str(schedule).split(",")]
-  except ValueError:
-    sizes = []
-  if not sizes or min(sizes) < 1:
-    raise ValueError(f"boot.schedule={schedule!r} must list the grid sizes N >= 1 of the "
-                     "stages, e.g. '64' or '16,32,64'.")
-  return sizes
-
-
 @register("boot")
 class Boot(Method):
   """One-step student of a (guided) teacher, trained without data; frozen = the teacher."""
@@ -125,7 +113,7 @@ class Boot(Method):
     super().__init__(config)
     require_sections(config, ("boot",), "--config=configs/boot.py:<preset>")
     bc = config.boot
-    self.schedule = parse_schedule(bc.schedule)
+    self.schedule = grid_sizes(bc.schedule, "boot.schedule")
     TIME_SAMPLERS.lookup(bc.time_sampling)
     DELTA_WEIGHTINGS.lookup(bc.weighting)
     self.conditioning = DataFreeConditioning.from_config(config.model, bc)

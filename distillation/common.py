@@ -22,6 +22,21 @@ def require_sections(config, sections, usage: str):
                        f"use {usage}.")
 
 
+def grid_sizes(schedule, key: str) -> list[int]:
+  """A schedule of grid sizes N, one per stage: '16,32,64', (16, 32, 64) or 16 -> [16, 32, 64];
+  a clear error naming `key` unless every N is an integer >= 1."""
+  items = str(schedule).split(",") if isinstance(schedule, str) else (
+      schedule if isinstance(schedule, (tuple, list)) else (schedule,))
+  try:
+    sizes = [int(n) for n in items]
+  except ValueError:
+    sizes = []
+  if not sizes or min(sizes) < 1:
+    raise ValueError(f"{key}={schedule!r} must list the grid sizes N >= 1 of the stages, e.g. "
+                     f"--config.{key}=64 or --config.{key}=16,32,64.")
+  return sizes
+
+
 def require_uniform_grid(config):
   """Raise a clear ValueError unless `sample.time_grid` is the uniform grid t_i = i/N that
   the halving losses train on."""

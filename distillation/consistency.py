@@ -66,8 +66,8 @@ from diffusion.networks import build_denoiser
 from diffusion.parameterization import Prediction
 from diffusion.processes import broadcast_to
 from diffusion.registry import Registry
-from distillation.common import (check_teacher, fidelity_metrics, require_sections,
-                                 sample_images, training_cond)
+from distillation.common import (check_teacher, fidelity_metrics, grid_sizes,
+                                 require_sections, sample_images, training_cond)
 from sampling import get_grid, ode
 from sampling.steps import ddim_step
 from training.method import Method, Stage, register
@@ -167,15 +167,6 @@ def consistency_loss(student, params, target_params, teacher, teacher_params, x,
   return DISTANCES.lookup(distance)(pred, target)
 
 
-def check_schedule(schedule) -> list[int]:
-  """consistency.schedule as a list of grid sizes N >= 1, or a clear error."""
-  sizes = [int(n) for n in (schedule if isinstance(schedule, (tuple, list)) else (schedule,))]
-  if not sizes or min(sizes) < 1:
-    raise ValueError(f"consistency.schedule={schedule!r} must list the grid sizes N >= 1 of "
-                     "the stages, e.g. --config.consistency.schedule=17 or 10,20,40.")
-  return sizes
-
-
 @register("consistency")
 class ConsistencyDistillation(Method):
   """A consistency model distilled from a teacher; frozen = the teacher's parameters."""
@@ -190,7 +181,7 @@ class ConsistencyDistillation(Method):
       raise ValueError("consistency distillation of a w-conditioned (guided) student is not "
                        "supported: set model.guidance=False.")
     cc = config.consistency
-    self.schedule = check_schedule(cc.schedule)
+    self.schedule = grid_sizes(cc.schedule, "consistency.schedule")
     DISTANCES.lookup(cc.distance)
     TARGETS.lookup(cc.target)
     get_grid(cc.time_grid)
