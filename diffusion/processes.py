@@ -41,9 +41,9 @@ class Process(abc.ABC):
     """The scalar the network is conditioned on (its time embedding input)."""
     return self.logsnr(t)
 
+  @abc.abstractmethod
   def time_of_logsnr(self, logsnr):
     """The t in [0, 1] with lambda_t = logsnr (the inverse schedule; clipped to [0, 1])."""
-    raise NotImplementedError(f"{type(self).__name__} has no inverse schedule.")
 
   def noise(self, x, t, eps):
     """z_t = alpha_t x + sigma_t eps, with t of shape (B,)."""
