@@ -69,14 +69,15 @@ def base_config(dataset: str = "digits") -> ml_collections.ConfigDict:
   # guidance weights apply to class-conditional models; '' dirs = the defaults; the classifier
   # is trained (classifier_steps) when missing; metrics from fd_dataset, fidelity, fid;
   # reference_split: the dataset split whose statistics FD-<dataset> and FID compare against
-  # (the training split, as published CIFAR-10 / ImageNet FIDs do). checkpoint (here and in
+  # (the training split, as published CIFAR-10 / ImageNet FIDs do); reference_images: its
+  # first N images (0 = all; num_samples = the same N on both sides, what CPU-sized FIDs use). checkpoint (here and in
   # `sample`): 'best' (lowest held-out loss, else the latest), 'latest' or a step number.
   # clip_x: every row samples with sample.clip_x = this (whatever the run saved).
   c.eval = ml_collections.ConfigDict(dict(
       samplers="ddim", num_steps="1,2,4,8,16", guidance_weights="0", num_samples=1000,
       batch_size=250, metrics="fd_dataset,fidelity", reference_steps=256, classifier_dir="",
       classifier_steps=500, inception_weights="", seed=0, reference_split="train",
-      checkpoint="best", clip_x=True))
+      reference_images=0, checkpoint="best", clip_x=True))
   return c
 
 

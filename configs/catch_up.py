@@ -123,6 +123,19 @@ def digits_onestep():
                         shard_size=2048, generation_batch_size=512)
 
 
+def fashion_mnist_cpu():
+  """The fashion_mnist_cpu teacher's network, 2k updates (the teacher's 5k would not fit the
+  pipeline's 2.5 hours)."""
+  c = teacher.fashion_mnist_cpu()
+  c.num_train_steps = 2000
+  return catch_up_config(c)
+
+
+def fashion_mnist_cpu_onestep():
+  return onestep_config(fashion_mnist_cpu(), steps_per_point=150, num_trajectories=4096,
+                        num_heldout=512, shard_size=2048, generation_batch_size=512)
+
+
 def fashion_mnist_onestep():
   return onestep_config(fashion_mnist(), steps_per_point=40_000, num_trajectories=50_000,
                         num_heldout=2048, shard_size=5000, generation_batch_size=500)
@@ -139,6 +152,8 @@ def cifar10_onestep():
 
 
 PRESETS = {"digits": digits, "fashion_mnist": fashion_mnist, "mnist": mnist, "cifar10": cifar10,
+           "fashion_mnist_cpu": fashion_mnist_cpu,
+           "fashion_mnist_cpu_onestep": fashion_mnist_cpu_onestep,
            "digits_onestep": digits_onestep, "fashion_mnist_onestep": fashion_mnist_onestep,
            "mnist_onestep": mnist_onestep, "cifar10_onestep": cifar10_onestep}
 

@@ -86,8 +86,13 @@ def imagenet64():
                             grad_clip=float("inf"))
 
 
-PRESETS = {"digits": digits, "fashion_mnist": fashion_mnist, "cifar10": cifar10,
-           "imagenet64": imagenet64}
+def fashion_mnist_cpu():
+  return consistency_config(teacher.fashion_mnist_cpu(), (16,), steps_per_stage=600, lr=2e-4,
+                            batch_size=64, ema_decay=0.99)
+
+
+PRESETS = {"digits": digits, "fashion_mnist": fashion_mnist, "fashion_mnist_cpu": fashion_mnist_cpu,
+           "cifar10": cifar10, "imagenet64": imagenet64}
 
 
 def get_config(arg=None):

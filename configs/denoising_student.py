@@ -83,7 +83,17 @@ def cifar10():
   return c
 
 
-PRESETS = {"digits": digits, "fashion_mnist": fashion_mnist, "cifar10": cifar10}
+def fashion_mnist_cpu():
+  c = student_config(teacher.fashion_mnist_cpu(), teacher_steps=32, num_pairs=4096,
+                     num_heldout=512, loss="l2", batch_size=64, steps=1000, lr=5e-4,
+                     warmup_steps=100, eval_every_steps=250, shard_size=2048,
+                     generation_batch_size=512)
+  c.log_every_steps = 50
+  return c
+
+
+PRESETS = {"digits": digits, "fashion_mnist": fashion_mnist, "fashion_mnist_cpu": fashion_mnist_cpu,
+           "cifar10": cifar10}
 
 
 def get_config(arg=None):

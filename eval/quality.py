@@ -21,7 +21,10 @@ the config saved with the checkpoint; the images from its method's `sample`. A r
                       metric 'fidelity': MSE / PSNR = 10 log10(4 / MSE) against the reference
                       model's `reference_steps`-step DDIM samples from the same noise (and w);
                       PSNR is inf for identical samples. Skipped without a reference workdir.
-  FID, IS, IS_std     metric 'fid': with the FID Inception, when its weights file exists.
+  FID, IS, IS_std     metric 'fid': with the FID Inception (a missing weights file is an
+                      error that gives the conversion command); IS needs the classifier head.
+  reference_images    the first N images of the reference split make the FD / FID statistics
+                      (Options.reference_images; 0 = the whole split).
 
 Compilation: one jitted program per (sampling-relevant config, sampler, w); the parameters and
 num_steps are jit arguments (num_steps is traced), so every checkpoint of a run and every step
@@ -85,6 +88,7 @@ class Options:
   grid_dir: str = ""
   grid_samples: int = 64
   reference_split: str = "train"
+  reference_images: int = 0   # the first N images of reference_split (0 = all of it)
   clip_x: bool = True   # x_hat clipped to [-1, 1] at every sampler step (sample.clip_x)
 
 
@@ -101,7 +105,8 @@ def options_from_config(eval_config, **overrides) -> Options:
                     metrics=tuple(parse_list(ec.metrics)), reference_steps=ec.reference_steps,
                     classifier_dir=ec.classifier_dir, classifier_steps=ec.classifier_steps,
                     inception_weights=ec.inception_weights, seed=ec.seed,
-                    reference_split=ec.reference_split, clip_x=ec.clip_x)
+                    reference_split=ec.reference_split,
+                    reference_images=ec.reference_images, clip_x=ec.clip_x)
   return dataclasses.replace(options, **overrides)
 
 
@@ -124,9 +129,10 @@ def data_multiple(batch_size: int, mesh) -> int:
 # Feature networks of the metrics: f(options, dataset, data_dir) -> Features | None.
 FEATURES: dict[str, Callable] = {
     "classifier": lambda o, dataset, data_dir: classifier_features(
-        dataset, o.classifier_dir, o.classifier_steps, data_dir, o.reference_split),
+        dataset, o.classifier_dir, o.classifier_steps, data_dir, o.reference_split,
+        o.reference_images),
     "inception": lambda o, dataset, data_dir: inception_features(
-        dataset, o.inception_weights, data_dir, o.reference_split),
+        dataset, o.inception_weights, data_dir, o.reference_split, o.reference_images),
 }
 METRICS = Registry("metric")
 register_metric = METRICS.register
@@ -250,8 +256,6 @@ def fidelity_to_reference(evaluator: Evaluator, config, images, entry: Entry) ->
 def fid_is(evaluator: Evaluator, config, images, entry: Entry) -> dict:
   """{'FID'} (and {'IS', 'IS_std'} when the weights hold the classifier) with the FID Inception."""
   features = evaluator.features("inception", config)
-  if features is None:
-    return {}
   outs = jax.device_get([features.fn(b) for b in batches(images, INCEPTION_BATCH)])
   logits = (None if outs[0].logits_unbiased is None
             else np.concatenate([o.logits_unbiased for o in outs]))

@@ -5,14 +5,14 @@ classifier directory (default `classifier.default_dir(dataset)`) holds none, one
 the dataset's train split with `classifier.train_classifier` and saved there, with a warning
 (digits, 500 steps: about 30 s on 2 CPU cores). The reference statistics are those of the
 `split` images (default 'train', the convention of published CIFAR-10 / ImageNet FIDs;
-`eval.reference_split` changes it), cached as <classifier dir>/<split>_stats.npz next to the
-classifier they belong to.
+`eval.reference_split` changes it), or of its first N (`eval.reference_images`), cached as
+<classifier dir>/<split>[N]_stats.npz next to the classifier they belong to.
 
 FID / IS: the FID Inception-v3 (eval/inception.py) from a local weights file, whose
-reference statistics are cached as <weights dir>/<dataset>_<split>_inception.npz.
+reference statistics are cached as <weights dir>/<dataset>_<split>[N]_inception.npz.
 Directories may be buckets (any etils.epath path).
 """
-from typing import Callable, Iterator, NamedTuple, Optional
+from typing import Callable, Iterator, NamedTuple
 
 import jax
 import numpy as np
@@ -60,29 +60,36 @@ def dataset_classifier(dataset: str, directory: str = "", steps: int = 500, data
   return model, params, directory
 
 
+def reference_images(dataset: str, data_dir: str, split: str, count: int):
+  """The first `count` images of the split (all of them when 0) and the statistics cache's
+  name stem: '<split>' or '<split><count>'."""
+  images, _, _ = classifier.load_split(dataset, split, data_dir)
+  if count and count < len(images):
+    return images[:count], f"{split}{count}"
+  return images, split
+
+
 def classifier_features(dataset: str, directory: str = "", steps: int = 500,
-                        data_dir: str = "", split: str = "train",
+                        data_dir: str = "", split: str = "train", count: int = 0,
                         batch_size: int = 500) -> Features:
-  """The classifier's feature function and the cached statistics of the `split` images."""
+  """The classifier's feature function and the cached statistics of the first `count` `split`
+  images (0 = all)."""
   model, params, directory = dataset_classifier(dataset, directory, steps, data_dir)
   fn = classifier.feature_fn(model, params)
-  images, _, _ = classifier.load_split(dataset, split, data_dir)
+  images, stem = reference_images(dataset, data_dir, split, count)
   stats = reference.reference_stats(fn, batches(images, batch_size),
-                                    epath.Path(directory) / f"{split}_stats.npz")
+                                    epath.Path(directory) / f"{stem}_stats.npz")
   return Features(fn, stats, split, len(images))
 
 
 def inception_features(dataset: str, weights: str = "", data_dir: str = "", split: str = "train",
-                       batch_size: int = 100) -> Optional[Features]:
+                       count: int = 0, batch_size: int = 100) -> Features:
   """Inception's feature function (-> InceptionOutput) and the cached pool statistics of the
-  `split` images; None, with a warning, when the weights file does not exist."""
+  first `count` `split` images (0 = all); a missing weights file is an error that gives the
+  conversion command (inception.load_variables)."""
   weights = weights or inception.DEFAULT_WEIGHTS
-  if not epath.Path(weights).exists():
-    logging.warning("No Inception weights at %s: FID and IS are skipped (see "
-                    "eval/convert_inception.py to create them).", weights)
-    return None
   fn = inception.feature_fn(inception.load_variables(weights))
-  images, _, _ = classifier.load_split(dataset, split, data_dir)
-  cache = epath.Path(weights).parent / f"{dataset.replace('/', '_')}_{split}_inception.npz"
+  images, stem = reference_images(dataset, data_dir, split, count)
+  cache = epath.Path(weights).parent / f"{dataset.replace('/', '_')}_{stem}_inception.npz"
   stats = reference.reference_stats(lambda x: fn(x).pool, batches(images, batch_size), cache)
   return Features(fn, stats, split, len(images))

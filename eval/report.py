@@ -75,23 +75,24 @@ def student_entries(workdir: str, sampler: str, weights, name: str = "",
 
 
 def model_entries(workdir: str, name: str, steps=(), samplers=("ddim",), weights=(0.0,),
-                  reference: str = "", max_nfe: int = 0) -> list:
-  """A model's rows: its latest checkpoint at each of `steps` with each sampler (those whose
-  sampler needs at most `max_nfe` network evaluations, when given), or, with no `steps`,
-  every stage end at the stage's own N (a distilled student); fidelity against
-  `reference`'s samples ('' = the report's teacher)."""
+                  reference: str = "", max_nfe: int = 0, last_stages: int = 0) -> list:
+  """A model's rows: its latest checkpoint at each of `steps` with each sampler, or, with no
+  `steps`, every stage end at the stage's own N (a distilled student; only the last
+  `last_stages` of them when given); rows whose sampler needs more than `max_nfe` network
+  evaluations are left out (when given); fidelity against `reference`'s samples ('' = the
+  report's teacher)."""
   entries = []
   for sampler in samplers:
     if steps:
       config = sample_programs.sampling_config(checkpoint.read_config(workdir), sampler, 0.0)
-      affordable = [n for n in sorted(set(steps))
-                    if not max_nfe or SAMPLERS[sampler].nfe(n) <= max_nfe]
       entries += [quality.Entry(workdir, n, sampler, w, name=name, reference=reference)
                   for w in sample_programs.guidance_weights_for(config, weights)
-                  for n in affordable]
+                  for n in sorted(set(steps))]
     else:
-      entries += student_entries(workdir, sampler, weights, name, reference)
-  return entries
+      stage_rows = student_entries(workdir, sampler, weights, name, reference)
+      kept = sorted({e.step for e in stage_rows})[-last_stages:] if last_stages else None
+      entries += [e for e in stage_rows if kept is None or e.step in kept]
+  return [e for e in entries if not max_nfe or SAMPLERS[e.sampler].nfe(e.num_steps) <= max_nfe]
 
 
 def plot(rows, path: str) -> str:
@@ -130,7 +131,8 @@ def metric_settings(options: quality.Options) -> dict:
   """What makes two reports' metrics comparable: rows may be merged only when these agree."""
   settings = dict(num_samples=options.num_samples, seed=options.seed,
                   metrics=list(options.metrics), reference_steps=options.reference_steps,
-                  reference_split=options.reference_split, clip_x=options.clip_x)
+                  reference_split=options.reference_split,
+                  reference_images=options.reference_images or "all", clip_x=options.clip_x)
   if "fid" in options.metrics:
     settings["fid_resize"] = inception.RESIZE_CONVENTION
   return settings
@@ -180,14 +182,16 @@ def report_options(out_dir: str, num_samples: int = 500, batch_size: int = 250,
                    reference_steps: int = 256, metrics=("fd_dataset", "fidelity"),
                    classifier_dir: str = "", classifier_steps: int = 500,
                    inception_weights: str = "", seed: int = 0,
-                   reference_split: str = "train", clip_x: bool = True) -> quality.Options:
+                   reference_split: str = "train", reference_images: int = 0,
+                   clip_x: bool = True) -> quality.Options:
   """The evaluation options of a report whose grids go to <out_dir>/grids."""
   return quality.Options(num_samples=num_samples, batch_size=batch_size,
                          metrics=tuple(metrics), reference_steps=reference_steps,
                          classifier_dir=classifier_dir, classifier_steps=classifier_steps,
                          inception_weights=inception_weights, seed=seed,
                          grid_dir=os.path.join(out_dir, "grids"),
-                         reference_split=reference_split, clip_x=clip_x)
+                         reference_split=reference_split,
+                         reference_images=reference_images, clip_x=clip_x)
 
 
 def quality_report(teacher_workdir: str, student_workdirs, out_dir: str, steps=(1, 2, 4, 8, 16, 32, 64),

@@ -7,7 +7,7 @@ import pytest
 from configs.pipeline import pipeline_config, row_spec
 from configs.progressive import distill_config
 from eval.report import (IncomparableReportsError, merge_reports, metric_settings,
-                         report_options, write_report)
+                         model_entries, report_options, write_report)
 from tests.tiny_config import tiny_teacher_config
 from training.pipeline import part_order, run_pipeline
 
@@ -65,6 +65,22 @@ def test_pipeline_writes_every_part_and_resumes(tmp_path):
   assert [r["steps"] for r in again] == [r["steps"] for r in rows]
   for key in ("FD-digits", "fidelity_psnr"):
     assert [r[key] for r in again] == [r[key] for r in rows]
+  # Row selection (configs/pipeline.py row_spec): a student's last stage ends, an NFE cap.
+  progressive, teacher = (os.path.join(workdir, part) for part in ("progressive", "teacher"))
+  assert [e.num_steps for e in model_entries(progressive, "p", last_stages=1)] == [1]
+  assert [e.num_steps for e in model_entries(progressive, "p", max_nfe=1)] == [1]
+  assert [e.num_steps for e in model_entries(progressive, "p")] == [2, 1]
+  assert [e.num_steps for e in model_entries(teacher, "t", (1, 4), ("heun",), max_nfe=3)] == [1]
+
+
+def test_fid_without_inception_weights_stops_before_training(tmp_path):
+  config = tiny_pipeline(tmp_path)
+  with config.report.unlocked():
+    config.report.metrics = ("fd_dataset", "fid")
+    config.report.inception_weights = str(tmp_path / "missing.npz")
+  with pytest.raises(FileNotFoundError, match="python -m eval.convert_inception"):
+    run_pipeline(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "teacher")
 
 
 def _report(path, num_samples, model):

@@ -12,7 +12,7 @@ import pytest
 
 import distillation  # noqa: F401  (fills the method registry)
 from configs.pipeline import get_config
-from training.method import METHODS
+from training.method import METHODS, get_method
 from training.pipeline import run_pipeline
 from training.trainer import StoppedEarly
 
@@ -115,3 +115,17 @@ def test_digits_all_has_a_row_for_every_method_and_an_interrupted_run_continues(
   for row in resumed:
     for metric in ("FD-digits", "fidelity_psnr"):
       assert row[metric] == pytest.approx(by_key[key(row)][metric], rel=1e-5)
+
+
+def test_fashion_mnist_cpu_has_every_part_on_its_teachers_and_fid_with_equal_n():
+  digits, config = get_config("digits_all"), get_config("fashion_mnist_cpu")
+  assert set(config.parts) == set(digits.parts) == set(config.rows)
+  assert dict(config.teachers) == dict(digits.teachers)
+  shape = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions")
+  for name, part in config.parts.items():
+    assert part.data.name == "fashion_mnist" and get_method(part).stages()
+    if name in config.teachers:   # a student starts from its teacher's network
+      teacher = config.parts[config.teachers[name]]
+      assert [part.model[k] for k in shape] == [teacher.model[k] for k in shape], name
+  report = config.report
+  assert "fid" in report.metrics and report.reference_images == report.num_samples >= 1000

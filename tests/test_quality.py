@@ -81,6 +81,26 @@ def test_missing_classifier_is_trained_and_cached(classifier_dir):
   assert mu.shape == (model.features,) and sigma.shape == (model.features, model.features)
 
 
+def test_reference_statistics_of_the_first_n_images(classifier_dir):
+  """eval.reference_images = N: the statistics of the split's first N images, cached apart."""
+  first = quality_features.classifier_features("digits", classifier_dir, CLASSIFIER_STEPS,
+                                               count=100)
+  assert first.count == 100
+  assert os.path.exists(os.path.join(classifier_dir, "train100_stats.npz"))
+  images, _, _ = classifier.load_split("digits", "train")
+  expected = reference.dataset_stats(first.fn, quality_features.batches(images[:100], 50))
+  for got, want in zip(first.reference, expected, strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  whole = quality_features.classifier_features("digits", classifier_dir, CLASSIFIER_STEPS)
+  assert whole.count == len(images) and not np.allclose(whole.reference[0], first.reference[0])
+
+
+def test_fid_without_inception_weights_names_the_conversion_command(tmp_path):
+  missing = str(tmp_path / "inception_fid.npz")
+  with pytest.raises(FileNotFoundError, match="python -m eval.convert_inception"):
+    quality_features.inception_features("digits", missing)
+
+
 def test_eval_mode_writes_metrics(teacher, classifier_dir, mesh, capsys):
   eval_config = base_config().eval
   eval_config.update(samplers="ddim,heun", num_steps="1,2", num_samples=32, batch_size=16,

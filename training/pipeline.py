@@ -21,7 +21,7 @@ import jax
 from absl import logging
 from etils import epath
 
-from eval import quality
+from eval import inception, quality
 from eval.report import metric_settings, model_entries, report_options, write_report
 from training.method import get_method
 from training.offline_run import write_offline_data
@@ -85,6 +85,9 @@ def run_pipeline(config, workdir: str) -> list[dict]:
   """Train every part (see the module docstring), then evaluate and write the report."""
   root = epath.Path(workdir)
   order = part_order(config)
+  options = report_options(str(root / "report"), **config.report)
+  if "fid" in options.metrics:   # before hours of training, not after
+    inception.require_weights(options.inception_weights or inception.DEFAULT_WEIGHTS)
   costs = {}
   preemption = Preemption()     # a SIGTERM between two parts stops before the next one
   try:
@@ -109,12 +112,12 @@ def run_pipeline(config, workdir: str) -> list[dict]:
   report_dir = root / "report"
   logging.info("pipeline %d/%d: quality report in %s", len(order) + 1, len(order) + 1,
                report_dir)
-  options = report_options(str(report_dir), **config.report)
   entries = []
   for part in order:
     spec = config.rows[part]
     entries += model_entries(str(root / part), part, spec.steps, spec.samplers,
-                             spec.guidance_weights, str(root / spec.reference), spec.max_nfe)
+                             spec.guidance_weights, str(root / spec.reference), spec.max_nfe,
+                             spec.last_stages)
   references = {(r.reference, r.guidance_weight) for r in entries}
   entries += [e for e in (quality.Entry(workdir, options.reference_steps, "ddim", w,
                                         name=epath.Path(workdir).name, reference=workdir)
