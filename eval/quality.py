@@ -33,6 +33,8 @@ count share one program. Rows are plain JSON-able dicts (eval/quality_table.py f
 import dataclasses
 import math
 import os
+import hashlib
+import json
 import time
 from typing import Callable, NamedTuple, Optional
 
@@ -40,6 +42,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from eval import classifier, fidelity, frechet, generate, metrics, reference
 from eval.grid import save_grid
@@ -49,6 +52,7 @@ from eval.sample_programs import nfe, sample_program, sampling_config
 from diffusion.registry import Registry
 from training import checkpoint
 from training.mesh import make_mesh
+from training.offline import atomic_write
 from training.pretrained import load_params
 
 INCEPTION_BATCH = 50
@@ -89,7 +93,8 @@ class Options:
   grid_samples: int = 64
   reference_split: str = "train"
   reference_images: int = 0   # the first N images of reference_split (0 = all of it)
-  clip_x: bool = True   # x_hat clipped to [-1, 1] at every sampler step (sample.clip_x)
+  clip_x: bool = True
+  row_dir: str = ""   # finished rows saved here are reused by a rerun ('' = none)   # x_hat clipped to [-1, 1] at every sampler step (sample.clip_x)
 
 
 def parse_list(value, kind=str) -> list:
@@ -263,12 +268,32 @@ def fid_is(evaluator: Evaluator, config, images, entry: Entry) -> dict:
                                 features.reference), reference_images=features.count)
 
 
+def saved_row_path(evaluator: Evaluator, entry: Entry) -> Optional[epath.Path]:
+  """<row_dir>/<hash of the resolved entry and the options>.json, or None without a row_dir."""
+  if not evaluator.options.row_dir:
+    return None
+  key = json.dumps([dataclasses.asdict(evaluator.resolve(entry)),
+                    dataclasses.asdict(evaluator.options), evaluator.reference_workdir])
+  return epath.Path(evaluator.options.row_dir) / (
+      hashlib.sha256(key.encode()).hexdigest()[:20] + ".json")
+
+
 def evaluate(entries, options: Options = Options(), reference_workdir: str = "",
              mesh=None) -> list[dict]:
-  """One row per entry (see the module docstring), in order."""
+  """One row per entry (see the module docstring), in order. With options.row_dir, each row
+  is saved there when done and a row saved for the same entry and options is reused, so an
+  interrupted evaluation continues where it stopped."""
   evaluator = Evaluator(options, reference_workdir, mesh)
   rows = []
   for i, entry in enumerate(entries):
+    path = saved_row_path(evaluator, entry)
+    if path is not None and path.exists():
+      rows.append(json.loads(path.read_text()))
+      logging.info("evaluated %d/%d (saved in %s): %s", i + 1, len(entries), path, rows[-1])
+      continue
     rows.append(evaluator.row(entry))
+    if path is not None and jax.process_index() == 0:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      atomic_write(path, json.dumps(rows[-1]).encode(), "row")
     logging.info("evaluated %d/%d: %s", i + 1, len(entries), rows[-1])
   return rows

@@ -184,12 +184,14 @@ def report_options(out_dir: str, num_samples: int = 500, batch_size: int = 250,
                    inception_weights: str = "", seed: int = 0,
                    reference_split: str = "train", reference_images: int = 0,
                    clip_x: bool = True) -> quality.Options:
-  """The evaluation options of a report whose grids go to <out_dir>/grids."""
+  """The evaluation options of a report whose grids go to <out_dir>/grids and finished rows
+  to <out_dir>/rows (an interrupted report continues from them)."""
   return quality.Options(num_samples=num_samples, batch_size=batch_size,
                          metrics=tuple(metrics), reference_steps=reference_steps,
                          classifier_dir=classifier_dir, classifier_steps=classifier_steps,
                          inception_weights=inception_weights, seed=seed,
                          grid_dir=os.path.join(out_dir, "grids"),
+                         row_dir=os.path.join(out_dir, "rows"),
                          reference_split=reference_split,
                          reference_images=reference_images, clip_x=clip_x)
 

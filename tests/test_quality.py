@@ -1,5 +1,6 @@
 """Quality evaluation: --mode=eval, the quality-vs-steps report, same-noise fidelity, the NFE
 convention, and the dataset classifier trained on the fly when missing."""
+import dataclasses
 import json
 import math
 import os
@@ -205,3 +206,20 @@ def test_report(teacher, student, classifier_dir, mesh, tmp_path):
   for row in rows:
     with Image.open(row["grid"]) as grid:
       assert grid.format == "PNG"
+
+
+def test_saved_rows_are_reused_and_only_with_the_same_options(teacher, classifier_dir, mesh,
+                                                              tmp_path, monkeypatch):
+  """options.row_dir: a rerun reads the finished rows instead of sampling again (an
+  interrupted report continues); other options evaluate afresh."""
+  opts = options(classifier_dir, row_dir=str(tmp_path / "rows"))
+  entries = [quality.Entry(teacher, 1), quality.Entry(teacher, 2)]
+  rows = quality.evaluate(entries, opts, teacher, mesh)
+  assert len(os.listdir(tmp_path / "rows")) == 2
+
+  def no_sampling(*args):
+    raise AssertionError("sampled again")
+  monkeypatch.setattr(quality.Evaluator, "_draw", no_sampling)
+  assert quality.evaluate(entries, opts, teacher, mesh) == json.loads(json.dumps(rows))
+  with pytest.raises(AssertionError, match="sampled again"):
+    quality.evaluate(entries, dataclasses.replace(opts, num_samples=16), teacher, mesh)
