@@ -13,8 +13,11 @@ steps to a given sample quality (the paper's claim: fewer training steps, Sec. 4
    classifier's Frechet distance, eval/quality.py). The table lists FD by step and the first
    step at which each run reaches `fd_target`.
 
---small halves every channel width and uses batch 64, so the fashion_mnist comparison fits a
-CPU (both runs keep their presets' learning rate and schedule otherwise).
+--small divides every channel width by 4 and uses batch 64, so the fashion_mnist comparison
+fits a 2-core CPU (UNet ch 16; Matryoshka inner ch 16, outer shell ch 8; both keep their
+presets' depth, learning rate and schedule). Measured there (README, Benchmarks):
+  python -m bench.matryoshka --preset=fashion_mnist --small --steps=2000 --num_samples=500 \
+      --sample_steps=32
 """
 import os
 
@@ -26,7 +29,7 @@ from eval.quality import Entry, Options, evaluate
 from training.trainer import Trainer
 
 flags.DEFINE_string("preset", "fashion_mnist", "Preset of configs/{teacher,matryoshka}.py.")
-flags.DEFINE_bool("small", False, "Half the channel widths and batch 64 (CPU-sized).")
+flags.DEFINE_bool("small", False, "A quarter of the channel widths and batch 64 (CPU-sized).")
 flags.DEFINE_bool("timing_only", False, "Only the step-time comparison.")
 flags.DEFINE_integer("timing_steps", 5, "Timed steps per model.")
 flags.DEFINE_integer("steps", 4000, "Training steps of each run.")
@@ -38,11 +41,11 @@ flags.DEFINE_string("workdir", "/tmp/bench_matryoshka", "Where the two runs trai
 FLAGS = flags.FLAGS
 
 
-def halve_widths(model):
-  """Every `ch` in a (possibly nested) model section halved."""
-  model.ch //= 2
+def divide_widths(model, divisor: int):
+  """Every `ch` in a (possibly nested) model section divided by `divisor`."""
+  model.ch //= divisor
   if "inner" in model:
-    halve_widths(model.inner)
+    divide_widths(model.inner, divisor)
 
 
 def configs() -> dict:
@@ -50,7 +53,7 @@ def configs() -> dict:
           "matryoshka": matryoshka.get_config(FLAGS.preset)}
   for config in runs.values():
     if FLAGS.small:
-      halve_widths(config.model)
+      divide_widths(config.model, 4)
       config.batch_size = 64
     config.num_train_steps = FLAGS.steps
     config.checkpoint_every_steps = FLAGS.eval_every
