@@ -3,8 +3,9 @@
 
 | preset        | teacher                       | schedule N (curriculum) | updates per N | batch | lr   | w          |
 |---------------|-------------------------------|-------------------------|---------------|-------|------|------------|
-| digits        | digits                        | 8, 16, 32               | 400           | 64    | 5e-4 | -          |
-| digits_cond   | digits_cond (10 classes)      | 8, 16, 32               | 400           | 64    | 5e-4 | U[0, 4]    |
+| digits        | digits                        | 8, 16, 32               | 300           | 64    | 5e-4 | -          |
+| digits_cond   | digits_cond (10 classes)      | 8, 16, 32               | 300           | 64    | 5e-4 | U[0, 4]    |
+| fashion_mnist_cpu | fashion_mnist_cpu         | 8, 16, 32               | 200           | 64    | 5e-4 | -          |
 | fashion_mnist | fashion_mnist                 | 16, 32, 64              | 20k           | 128   | 1e-4 | -          |
 | cifar10       | cifar10                       | 32, 64, 128             | 100k          | 128   | 5e-5 | -          |
 | imagenet64    | imagenet64 (1000 classes)     | 32, 64, 128             | 100k          | 1024  | 1e-4 | U[0, 4]    |
@@ -56,11 +57,11 @@ def guided_student(c, guidance_weight=1.0):
 
 
 def digits():
-  return boot_config(teacher.digits(), "8,16,32", steps_per_stage=400, lr=5e-4, ema_decay=0.99)
+  return boot_config(teacher.digits(), "8,16,32", steps_per_stage=300, lr=5e-4, ema_decay=0.99)
 
 
 def digits_cond():
-  c = boot_config(teacher.digits_cond(), "8,16,32", steps_per_stage=400, lr=5e-4,
+  c = boot_config(teacher.digits_cond(), "8,16,32", steps_per_stage=300, lr=5e-4,
                   ema_decay=0.99)
   return guided_student(c)
 

@@ -7,6 +7,7 @@ teacher). `--config.method=flow_matching` trains the same network with plain flo
 | preset        | network (UNet)                              | updates | batch | lr   | warm-up |
 |---------------|---------------------------------------------|---------|-------|------|---------|
 | digits        | as configs/teacher.py:digits                | 2k      | 64    | 2e-3 | 100     |
+| fashion_mnist_cpu | as configs/teacher.py:fashion_mnist_cpu | 2k      | 64    | 1e-3 | 200     |
 | fashion_mnist | ch 32, (2, 2, 2), 2 blocks, dropout 0.13    | 50k     | 256   | 3e-4 | 5k      |
 | mnist         | as fashion_mnist                            | 50k     | 256   | 3e-4 | 5k      |
 | cifar10       | ch 128, (2, 2, 2), 4 blocks, attn 16, dropout 0.13 | 500k | 128 | 2e-4 | 5k  |

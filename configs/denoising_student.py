@@ -9,7 +9,8 @@ configs/teacher.py:<same preset>>. Two commands on one workdir:
 
 | preset        | teacher DDIM        | pairs + held-out    | loss | batch | steps | lr, warm-up | EMA   |
 |---------------|---------------------|---------------------|------|-------|-------|-------------|-------|
-| digits        | 32 steps, quadratic | 8,192 + 1,024       | L2   | 64    | 2k    | 5e-4, 100   | 0.995 |
+| digits        | 32 steps, quadratic | 8,192 + 1,024       | L2   | 64    | 1.25k | 5e-4, 100   | 0.995 |
+| fashion_mnist_cpu | 32, quadratic   | 4,096 + 512         | L2   | 64    | 1k    | 5e-4, 100   | 0.995 |
 | fashion_mnist | 100, quadratic      | 204,800 + 10,240    | L2   | 256   | 20k   | 2e-4, 1k    | 0.995 |
 | cifar10       | 100, quadratic      | 1,024,000 + 51,200  | L1   | 512   | 50k   | 2e-4, 5k    | 0.995 |
 
@@ -57,7 +58,7 @@ def student_config(c, teacher_steps, num_pairs, num_heldout, loss, batch_size, s
 def digits_student(teacher_config):
   """The digits settings on a digits teacher preset (digits or digits_cond)."""
   c = student_config(teacher_config, teacher_steps=32, num_pairs=8192, num_heldout=1024,
-                     loss="l2", batch_size=64, steps=2000, lr=5e-4, warmup_steps=100,
+                     loss="l2", batch_size=64, steps=1250, lr=5e-4, warmup_steps=100,
                      eval_every_steps=250, shard_size=2048, generation_batch_size=512)
   c.log_every_steps = 50
   return c

@@ -3,6 +3,7 @@
 | preset        | resolutions  | inner network (lowest)                 | outer shells          | weights | p |
 |---------------|--------------|----------------------------------------|-----------------------|---------|---|
 | digits        | 8, 4         | UNet ch 16, (1, 2), attn 2             | ch 8, (1, 2)          | 1:1     | 1 |
+| fashion_mnist_cpu | 28, 14   | UNet ch 16, (1, 2), 2 blocks, attn 7   | ch 8, (1, 2), 2 blk   | 1:1     | 1 |
 | fashion_mnist | 28, 14       | UNet ch 64, (1, 2), 2 blocks, attn 7   | ch 32, (1, 2), 2 blk  | 1:1     | 1 |
 | mnist         | 28, 14       | as fashion_mnist                       | as fashion_mnist      | 1:1     | 1 |
 | cifar10       | 32, 16       | UNet ch 256, (1, 2, 2), 3 blocks, attn 16, dropout 0.2 | ch 64, (1, 2), 2 blk | 1:1 | 1 |

@@ -4,8 +4,9 @@ configs/teacher.py:<the teacher column>>.
 
 | preset        | teacher                   | updates   | batch | lr (G = f_psi) | EMA      | dropout |
 |---------------|---------------------------|-----------|-------|----------------|----------|---------|
-| digits        | digits                    | 1k        | 64    | 2e-4           | 0.99     | 0       |
-| digits_cond   | digits_cond, w ~ U[0, 4]  | 1k        | 64    | 2e-4           | 0.99     | 0       |
+| digits        | digits                    | 700       | 64    | 2e-4           | 0.99     | 0       |
+| digits_cond   | digits_cond, w ~ U[0, 4]  | 700       | 64    | 2e-4           | 0.99     | 0       |
+| fashion_mnist_cpu | fashion_mnist_cpu     | 500       | 64    | 2e-4           | 0.99     | 0       |
 | fashion_mnist | fashion_mnist             | 100k      | 256   | 1e-5           | 0.99964  | 0       |
 | cifar10       | cifar10                   | 1,953,125 | 256   | 1e-5           | 0.99964  | 0.13    |
 | imagenet64    | imagenet64 (1000 classes) | 122,070   | 8192  | 4e-6           | 0.99716  | 0.1     |
@@ -68,14 +69,14 @@ def ema_decay(batch_size, half_life_images):
 
 
 def digits():
-  c = sid_config(teacher.digits(), num_updates=1000, lr=2e-4, batch_size=64, ema_decay=0.99)
+  c = sid_config(teacher.digits(), num_updates=700, lr=2e-4, batch_size=64, ema_decay=0.99)
   c.checkpoint_every_steps = 500
   c.sample_every_steps = 500
   return c
 
 
 def digits_cond():
-  c = sid_config(teacher.digits_cond(), num_updates=1000, lr=2e-4, batch_size=64,
+  c = sid_config(teacher.digits_cond(), num_updates=700, lr=2e-4, batch_size=64,
                  ema_decay=0.99)
   c.checkpoint_every_steps = 500
   c.sample_every_steps = 500
