@@ -31,10 +31,10 @@ num_steps are jit arguments (num_steps is traced), so every checkpoint of a run 
 count share one program. Rows are plain JSON-able dicts (eval/quality_table.py formats them).
 """
 import dataclasses
-import math
-import os
 import hashlib
 import json
+import math
+import os
 import time
 from typing import Callable, NamedTuple, Optional
 
@@ -93,8 +93,8 @@ class Options:
   grid_samples: int = 64
   reference_split: str = "train"
   reference_images: int = 0   # the first N images of reference_split (0 = all of it)
-  clip_x: bool = True
-  row_dir: str = ""   # finished rows saved here are reused by a rerun ('' = none)   # x_hat clipped to [-1, 1] at every sampler step (sample.clip_x)
+  clip_x: bool = True   # x_hat clipped to [-1, 1] at every sampler step (sample.clip_x)
+  row_dir: str = ""     # finished rows saved here are reused by a rerun ('' = none)
 
 
 def parse_list(value, kind=str) -> list:
