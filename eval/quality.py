@@ -44,7 +44,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from eval import classifier, fidelity, frechet, generate, metrics, reference
+from eval import classifier, fidelity, frechet, generate, inception, metrics, reference
 from eval.grid import save_grid
 from eval.quality_features import Features, batches, classifier_features, inception_features
 from eval.quality_table import row_name
@@ -95,6 +95,18 @@ class Options:
   reference_images: int = 0   # the first N images of reference_split (0 = all of it)
   clip_x: bool = True   # x_hat clipped to [-1, 1] at every sampler step (sample.clip_x)
   row_dir: str = ""     # finished rows saved here are reused by a rerun ('' = none)
+
+
+def metric_settings(options: Options) -> dict:
+  """What makes two evaluations' metrics comparable: reports merge rows only when these agree,
+  and --mode=eval writes them beside its rows."""
+  settings = dict(num_samples=options.num_samples, seed=options.seed,
+                  metrics=list(options.metrics), reference_steps=options.reference_steps,
+                  reference_split=options.reference_split,
+                  reference_images=options.reference_images or "all", clip_x=options.clip_x)
+  if "fid" in options.metrics:
+    settings["fid_resize"] = inception.RESIZE_CONVENTION
+  return settings
 
 
 def parse_list(value, kind=str) -> list:

@@ -28,7 +28,7 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
-from eval import inception, quality, quality_table, sample_programs  # noqa: E402
+from eval import quality, quality_table, sample_programs  # noqa: E402
 from sampling import SAMPLERS  # noqa: E402
 from training import checkpoint  # noqa: E402
 from training.method import get_method  # noqa: E402
@@ -127,17 +127,6 @@ def plot(rows, path: str) -> str:
   return path
 
 
-def metric_settings(options: quality.Options) -> dict:
-  """What makes two reports' metrics comparable: rows may be merged only when these agree."""
-  settings = dict(num_samples=options.num_samples, seed=options.seed,
-                  metrics=list(options.metrics), reference_steps=options.reference_steps,
-                  reference_split=options.reference_split,
-                  reference_images=options.reference_images or "all", clip_x=options.clip_x)
-  if "fid" in options.metrics:
-    settings["fid_resize"] = inception.RESIZE_CONVENTION
-  return settings
-
-
 def reference_statistics(rows, split: str) -> str:
   """'the <split> split (<n> images)' of the FD / FID reference statistics of `rows`, or ''
   when no row has those metrics."""
@@ -208,7 +197,7 @@ def quality_report(teacher_workdir: str, student_workdirs, out_dir: str, steps=(
     entries += student_entries(workdir, sampler, guidance_weights)
   rows = quality.evaluate(entries, options, teacher_workdir, mesh)
   write_report(rows, options, out_dir, f"Quality vs sampling steps of `{teacher_workdir}`",
-               metric_settings(options), teacher=teacher_workdir,
+               quality.metric_settings(options), teacher=teacher_workdir,
                students=list(student_workdirs))
   return rows
 

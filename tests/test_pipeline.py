@@ -6,8 +6,9 @@ import pytest
 
 from configs.pipeline import pipeline_config, row_spec
 from configs.progressive import distill_config
-from eval.report import (IncomparableReportsError, merge_reports, metric_settings,
-                         model_entries, report_options, write_report)
+from eval.quality import metric_settings
+from eval.report import (IncomparableReportsError, merge_reports, model_entries, report_options,
+                         write_report)
 from tests.tiny_config import tiny_teacher_config
 from training.pipeline import part_order, run_pipeline
 

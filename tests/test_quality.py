@@ -111,6 +111,8 @@ def test_eval_mode_writes_metrics(teacher, classifier_dir, mesh, capsys):
   with open(os.path.join(teacher, "eval", "metrics_step6.json")) as f:
     written = json.load(f)
   assert written["checkpoint_step"] == 6 and written["reference_workdir"] == teacher
+  assert (written["num_samples"], written["reference_steps"], written["reference_images"]) == (
+      32, 4, "all")
   assert written["rows"] == json.loads(json.dumps(rows))
   assert [(r["sampler"], r["steps"], r["nfe"]) for r in rows] == [
       ("ddim", 1, 1), ("ddim", 2, 2), ("heun", 1, 1), ("heun", 2, 3)]   # heun: 2 N - 1

@@ -85,10 +85,7 @@ def evaluate_workdir(workdir: str, eval_config, mesh=None) -> list[dict]:
   rows = quality.evaluate(eval_entries(workdir, eval_config, saved, step), options, reference,
                           mesh)
   summary = dict(workdir=workdir, checkpoint_step=step, reference_workdir=reference,
-                 reference_steps=options.reference_steps, num_samples=options.num_samples,
-                 seed=options.seed, metrics=list(options.metrics),
-                 reference_split=options.reference_split,
-                 reference_images=options.reference_images or "all", clip_x=options.clip_x)
+                 **quality.metric_settings(options))
   path = write_results(workdir, step, rows, summary)
   print(quality_table.format_table(rows))
   print(f"wrote {path}")

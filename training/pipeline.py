@@ -22,7 +22,7 @@ from absl import logging
 from etils import epath
 
 from eval import inception, quality
-from eval.report import metric_settings, model_entries, report_options, write_report
+from eval.report import model_entries, report_options, write_report
 from training.method import get_method
 from training.offline_run import write_offline_data
 from training.trainer import Preemption, StoppedEarly, train
@@ -125,6 +125,6 @@ def run_pipeline(config, workdir: str) -> list[dict]:
   rows = quality.evaluate(entries, options, mesh=None)
   rows = [dict(row, **costs[row["model"]]) for row in rows]
   write_report(rows, options, str(report_dir), f"Quality of every part of the pipeline in "
-               f"`{root}`", metric_settings(options),
+               f"`{root}`", quality.metric_settings(options),
                parts={p: config.parts[p].method for p in order})
   return rows
