@@ -32,6 +32,7 @@ count share one program. Rows are plain JSON-able dicts (eval/quality_table.py f
 """
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -94,7 +95,8 @@ class Options:
   reference_split: str = "train"
   reference_images: int = 0   # the first N images of reference_split (0 = all of it)
   clip_x: bool = True   # x_hat clipped to [-1, 1] at every sampler step (sample.clip_x)
-  row_dir: str = ""     # finished rows saved here are reused by a rerun ('' = none)
+  row_dir: str = ""     # finished rows and reference samples saved here are reused by a
+                        # rerun ('' = none)
 
 
 def metric_settings(options: Options) -> dict:
@@ -217,8 +219,26 @@ class Evaluator:
       return None
     entry = self.resolve(Entry(workdir, self.options.reference_steps, "ddim", guidance_weight))
     if entry not in self._samples:
-      self._samples[entry] = self._draw(entry)
+      self._samples[entry] = self._saved_or_drawn(entry)
     return self._samples[entry].images
+
+  def _saved_or_drawn(self, entry: Entry) -> Samples:
+    """A resolved entry's samples saved in options.row_dir by an earlier run, else drawn and
+    saved there (process 0 writes): an interrupted report does not redraw its references."""
+    path = saved_path(self, entry, ".npz")
+    if path is not None and path.exists():
+      with np.load(io.BytesIO(path.read_bytes())) as saved:
+        images, seconds = saved["images"], float(saved["seconds_per_image"])
+      config = sampling_config(checkpoint.read_config(entry.workdir, entry.step), entry.sampler,
+                               entry.guidance_weight, self.options.clip_x)
+      return Samples(images, seconds, config)
+    samples = self._draw(entry)
+    if path is not None and jax.process_index() == 0:
+      data = io.BytesIO()
+      np.savez(data, images=samples.images, seconds_per_image=samples.seconds_per_image)
+      path.parent.mkdir(parents=True, exist_ok=True)
+      atomic_write(path, data.getvalue(), "samples")
+    return samples
 
   def features(self, kind: str, config) -> Optional[Features]:
     """FEATURES[kind] of the config's dataset, built once."""
@@ -280,25 +300,27 @@ def fid_is(evaluator: Evaluator, config, images, entry: Entry) -> dict:
                                 features.reference), reference_images=features.count)
 
 
-def saved_row_path(evaluator: Evaluator, entry: Entry) -> Optional[epath.Path]:
-  """<row_dir>/<hash of the resolved entry and the options>.json, or None without a row_dir."""
+def saved_path(evaluator: Evaluator, entry: Entry, suffix: str = ".json"
+               ) -> Optional[epath.Path]:
+  """<row_dir>/<hash of the resolved entry and the options><suffix> (.json a finished row,
+  .npz reference samples), or None without a row_dir."""
   if not evaluator.options.row_dir:
     return None
   key = json.dumps([dataclasses.asdict(evaluator.resolve(entry)),
                     dataclasses.asdict(evaluator.options), evaluator.reference_workdir])
   return epath.Path(evaluator.options.row_dir) / (
-      hashlib.sha256(key.encode()).hexdigest()[:20] + ".json")
+      hashlib.sha256(key.encode()).hexdigest()[:20] + suffix)
 
 
 def evaluate(entries, options: Options = Options(), reference_workdir: str = "",
              mesh=None) -> list[dict]:
   """One row per entry (see the module docstring), in order. With options.row_dir, each row
-  is saved there when done and a row saved for the same entry and options is reused, so an
-  interrupted evaluation continues where it stopped."""
+  (and each fidelity reference's samples) is saved there when done and one saved for the same
+  entry and options is reused, so an interrupted evaluation continues where it stopped."""
   evaluator = Evaluator(options, reference_workdir, mesh)
   rows = []
   for i, entry in enumerate(entries):
-    path = saved_row_path(evaluator, entry)
+    path = saved_path(evaluator, entry)
     if path is not None and path.exists():
       rows.append(json.loads(path.read_text()))
       logging.info("evaluated %d/%d (saved in %s): %s", i + 1, len(entries), path, rows[-1])

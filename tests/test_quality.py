@@ -212,16 +212,27 @@ def test_report(teacher, student, classifier_dir, mesh, tmp_path):
 
 def test_saved_rows_are_reused_and_only_with_the_same_options(teacher, classifier_dir, mesh,
                                                               tmp_path, monkeypatch):
-  """options.row_dir: a rerun reads the finished rows instead of sampling again (an
-  interrupted report continues); other options evaluate afresh."""
+  """options.row_dir: a rerun reads the finished rows and the fidelity reference's samples
+  instead of sampling again (an interrupted report continues); other options evaluate afresh."""
   opts = options(classifier_dir, row_dir=str(tmp_path / "rows"))
   entries = [quality.Entry(teacher, 1), quality.Entry(teacher, 2)]
   rows = quality.evaluate(entries, opts, teacher, mesh)
-  assert len(os.listdir(tmp_path / "rows")) == 2
+  saved = sorted(os.listdir(tmp_path / "rows"))
+  assert sorted(os.path.splitext(f)[1] for f in saved) == [".json", ".json", ".npz"]
+
+  drawn = []
+  draw = quality.Evaluator._draw
+  monkeypatch.setattr(quality.Evaluator, "_draw",
+                      lambda self, entry: drawn.append(entry.num_steps) or draw(self, entry))
+  os.remove(tmp_path / "rows" / next(f for f in saved if f.endswith(".json")))
+  untimed = lambda rows: [{k: v for k, v in r.items() if k != "seconds_per_image"} for r in rows]
+  redone = quality.evaluate(entries, opts, teacher, mesh)
+  assert untimed(redone) == untimed(rows)
+  assert len(drawn) == 1 and drawn[0] in (1, 2)   # the lost row, not its reference (4 steps)
 
   def no_sampling(*args):
     raise AssertionError("sampled again")
   monkeypatch.setattr(quality.Evaluator, "_draw", no_sampling)
-  assert quality.evaluate(entries, opts, teacher, mesh) == json.loads(json.dumps(rows))
+  assert quality.evaluate(entries, opts, teacher, mesh) == json.loads(json.dumps(redone))
   with pytest.raises(AssertionError, match="sampled again"):
     quality.evaluate(entries, dataclasses.replace(opts, num_samples=16), teacher, mesh)

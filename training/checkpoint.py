@@ -120,10 +120,11 @@ def state_metadata(manager: ocp.CheckpointManager, step: int):
   return metadata
 
 
-def read_config(workdir: str) -> dict:
-  """The config saved with the latest checkpoint of `workdir` (a dict); errors if none."""
+def read_config(workdir: str, step=None) -> dict:
+  """The config saved with checkpoint `step` (default: the latest) of `workdir` (a dict);
+  errors if none."""
   manager = require_checkpoint(workdir)
-  step = manager.latest_step()
+  step = manager.latest_step() if step is None else step
   return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
 
