@@ -54,7 +54,8 @@ def test_pipeline_writes_every_part_and_resumes(tmp_path):
   assert os.path.exists(os.path.join(workdir, "report", "quality_vs_steps.png"))
   assert sorted(json.load(open(os.path.join(workdir, "progressive", "stage_metrics.json")))) == [
       "1steps", "2steps"]
-  # A second run finds both trainings finished (no new checkpoint) and only rewrites the report.
+  # A second run finds both trainings finished (no new checkpoint, no seconds added to their
+  # cost) and only rewrites the report.
   steps = {part: sorted(os.listdir(os.path.join(workdir, part, "checkpoints")))
            for part in ("teacher", "progressive")}
   stamps = {part: os.path.getmtime(os.path.join(workdir, part, "checkpoints", steps[part][-1]))
@@ -64,6 +65,7 @@ def test_pipeline_writes_every_part_and_resumes(tmp_path):
     assert sorted(os.listdir(os.path.join(workdir, part, "checkpoints"))) == steps[part]
     assert os.path.getmtime(os.path.join(workdir, part, "checkpoints", steps[part][-1])) == stamps[part]
   assert [r["steps"] for r in again] == [r["steps"] for r in rows]
+  assert [r["train_seconds"] for r in again] == [r["train_seconds"] for r in rows]
   for key in ("FD-digits", "fidelity_psnr"):
     assert [r[key] for r in again] == [r[key] for r in rows]
   # Row selection (configs/pipeline.py row_spec): a student's last stage ends, an NFE cap.

@@ -1,10 +1,10 @@
 """`--mode=pipeline`: train every part of a configs/pipeline.py preset, then one report.
 
 Parts run teachers first (each part's `teacher.workdir` is set to its teacher part's
-workdir), each in <workdir>/<part>, resuming from its own checkpoints: a finished part
-restarts at its last step and returns at once. A part whose method trains on offline
-samples of its teacher (Method.offline_data, e.g. the Denoising Student's pairs) first
-writes or finishes them (what `--mode=pairs` does). After each part's run, its training cost is
+workdir), each in <workdir>/<part>, resuming from its own checkpoints; a part whose latest
+checkpoint is its run's last step is skipped (its recorded cost stands). A part whose method
+trains on offline samples of its teacher (Method.offline_data, e.g. the Denoising Student's
+pairs) first writes or finishes them (what `--mode=pairs` does). After each part's run, its training cost is
 added to <workdir>/<part>/train_cost.json (wall-clock seconds of every sitting, updates,
 teacher network evaluations). The report (<workdir>/report) has a row per (part, steps,
 sampler, w), with the part's training cost beside its metrics.
@@ -16,6 +16,7 @@ has not reached the end of its schedule (training/pretrained.py, teacher.allow_u
 """
 import json
 import time
+from typing import Optional
 
 import jax
 from absl import logging
@@ -23,8 +24,10 @@ from etils import epath
 
 from eval import inception, quality
 from eval.report import model_entries, report_options, write_report
+from training import checkpoint
 from training.method import get_method
 from training.offline_run import write_offline_data
+from training.pretrained import run_end
 from training.trainer import Preemption, StoppedEarly, train
 
 COST_FILE = "train_cost.json"
@@ -71,6 +74,16 @@ def training_cost(run_config, seconds: float, offline_cost=None) -> dict:
               train_seconds=round(seconds, 1))
 
 
+def finished_cost(run_config, part_dir: epath.Path) -> Optional[dict]:
+  """The recorded cost of a part whose latest checkpoint is its run's last step (a rerun
+  skips it without restoring it: no seconds added), else None."""
+  path = part_dir / COST_FILE
+  if not (path.exists() and checkpoint.checkpoint_dir(part_dir).is_dir()):
+    return None
+  latest = checkpoint.require_checkpoint(str(part_dir)).latest_step()
+  return json.loads(path.read_text()) if latest == run_end(run_config) else None
+
+
 def record_cost(run_config, part_dir: epath.Path, seconds: float, offline_cost=None) -> dict:
   """Add this sitting's `seconds` to <part_dir>/train_cost.json; returns the cost."""
   path = part_dir / COST_FILE
@@ -96,8 +109,11 @@ def run_pipeline(config, workdir: str) -> list[dict]:
         raise StoppedEarly(f"The pipeline in {root} stopped on request before part {part!r}; "
                            f"run the same command again to continue.")
       run = part_run_config(config, part, workdir)
-      logging.info("pipeline %d/%d: %s (%s) in %s", i + 1, len(order) + 1, part, run.method,
-                   root / part)
+      costs[part] = finished_cost(run, root / part)
+      logging.info("pipeline %d/%d: %s (%s) in %s%s", i + 1, len(order) + 1, part, run.method,
+                   root / part, ": finished, skipped" if costs[part] else "")
+      if costs[part]:
+        continue
       start, offline_cost = time.time(), {}
       try:
         if get_method(run).offline_data() is not None:   # e.g. the Denoising Student's pairs

@@ -63,6 +63,13 @@ def schedule_end(saved_config: dict) -> int:
   return sum(stage.num_updates for stage in stages)
 
 
+def run_end(config) -> int:
+  """The step at which a run of `config` stops: its schedule's end, or num_train_steps when
+  that comes sooner."""
+  end = schedule_end(config)
+  return config.num_train_steps if 0 < config.num_train_steps < end else end
+
+
 def load_teacher(config, mesh, key: str = "teacher.workdir"):
   """The EMA params of the latest checkpoint of the workdir that config key `key` names
   (default `teacher.workdir`; a method's `teacher_workdir_key`), replicated on `mesh`.

@@ -26,7 +26,7 @@ from training.mesh import check_batch_size, make_mesh, replicated, shard_batch
 from training.method import get_method
 from training.optimizer import learning_rate, make_optimizer
 from training.state import TrainState
-from training.pretrained import load_teacher
+from training.pretrained import load_teacher, run_end
 
 
 class NonFiniteLossError(RuntimeError):
@@ -131,9 +131,8 @@ class Trainer:
     self.stages = self.method.stages()
     self._stage_args = {}
     self.bounds = _stage_bounds(self.stages)
-    self.total_steps = self.bounds[-1]
-    if 0 < config.num_train_steps < self.bounds[-1]:
-      self.total_steps = config.num_train_steps
+    self.total_steps = run_end(config)
+    if self.total_steps < self.bounds[-1]:
       logging.warning("num_train_steps=%d stops before the end of the schedule (%d steps); "
                       "run again with a larger value to continue.", self.total_steps,
                       self.bounds[-1])
