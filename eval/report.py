@@ -17,6 +17,7 @@ import dataclasses
 import io
 import json
 import os
+from typing import Optional
 
 import jax
 import matplotlib
@@ -152,11 +153,12 @@ def markdown(rows, title: str, settings: dict, out_dir: str, plot_name: str) -> 
 
 
 def write_report(rows, options: quality.Options, out_dir: str, title: str,
-                 settings: dict, **extra) -> None:
-  """report.md, report.json (rows, options, settings, `extra`) and the plot in `out_dir`;
-  process 0 writes."""
+                 settings: Optional[dict] = None, **extra) -> None:
+  """report.md, report.json (rows, options, the metric settings (default: those of `options`),
+  `extra`) and the plot in `out_dir`; process 0 writes."""
   if jax.process_index() != 0:   # every host evaluates (sharded); one writes
     return
+  settings = quality.metric_settings(options) if settings is None else settings
   directory = epath.Path(out_dir)
   directory.mkdir(parents=True, exist_ok=True)
   plot(rows, directory / "quality_vs_steps.png")
@@ -197,8 +199,7 @@ def quality_report(teacher_workdir: str, student_workdirs, out_dir: str, steps=(
     entries += student_entries(workdir, sampler, guidance_weights)
   rows = quality.evaluate(entries, options, teacher_workdir, mesh)
   write_report(rows, options, out_dir, f"Quality vs sampling steps of `{teacher_workdir}`",
-               quality.metric_settings(options), teacher=teacher_workdir,
-               students=list(student_workdirs))
+               teacher=teacher_workdir, students=list(student_workdirs))
   return rows
 
 

@@ -90,7 +90,7 @@ def _report(path, num_samples, model):
   row = dict(model=model, checkpoint_step=1, sampler="ddim", steps=1, guidance_weight=0.0,
              nfe=1, seconds_per_image=0.1, fidelity_psnr=20.0)
   options = report_options(str(path), num_samples=num_samples)
-  write_report([row], options, str(path), "t", metric_settings(options))
+  write_report([row], options, str(path), "t")
   return str(path / "report.json")
 
 

@@ -141,6 +141,5 @@ def run_pipeline(config, workdir: str) -> list[dict]:
   rows = quality.evaluate(entries, options, mesh=None)
   rows = [dict(row, **costs[row["model"]]) for row in rows]
   write_report(rows, options, str(report_dir), f"Quality of every part of the pipeline in "
-               f"`{root}`", quality.metric_settings(options),
-               parts={p: config.parts[p].method for p in order})
+               f"`{root}`", parts={p: config.parts[p].method for p in order})
   return rows
