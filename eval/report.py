@@ -98,19 +98,22 @@ def model_entries(workdir: str, name: str, steps=(), samplers=("ddim",), weights
 
 def plot(rows, path: str) -> str:
   """One panel per metric (FD-<dataset> and FID on a log scale, fidelity PSNR; else the time
-  per image) against network evaluations per sample (NFE), one line per (model, sampler, w),
-  every method on one figure; non-finite values (PSNR of the reference itself) are left out."""
+  per image) against network evaluations per sample (NFE), one line (and colour, up to 20) per
+  (model, sampler, w), every method on one figure, the legend beside it; non-finite values
+  (PSNR of the reference itself) are left out."""
   columns = quality_table.table_columns(rows)
   metrics = [k for k in columns if k.startswith(PLOTTED)] or ["seconds_per_image"]
   lines = {}
   for row in rows:
     lines.setdefault((row["model"], row["sampler"], row["guidance_weight"]), []).append(row)
+  colors = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20").colors
   fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
   for ax, metric in zip(axes[0], metrics):
-    for (model, sampler, w), line in lines.items():
+    for color, ((model, sampler, w), line) in zip(colors * len(lines), lines.items()):
       points = sorted((r["nfe"], r.get(metric, np.nan)) for r in line)
       x, y = zip(*[(n, v if np.isfinite(v) else np.nan) for n, v in points])
-      ax.plot(x, y, marker="o", label=f"{model} ({sampler}" + (f", w={w:g})" if w else ")"))
+      ax.plot(x, y, marker="o", color=color,
+              label=f"{model} ({sampler}" + (f", w={w:g})" if w else ")"))
     ax.set_xscale("log", base=2)
     if metric.startswith(("FD-", "FID")):
       ax.set_yscale("log")
@@ -119,10 +122,10 @@ def plot(rows, path: str) -> str:
     ax.set_xlabel("network evaluations per sample (NFE)")
     ax.set_ylabel(quality_table.HEADERS.get(metric, metric))
     ax.grid(True, alpha=0.3)
-  axes[0][0].legend()
+  axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))   # beside, not over, data
   fig.tight_layout()
   png = io.BytesIO()
-  fig.savefig(png, format="png", dpi=100)
+  fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
   plt.close(fig)
   epath.Path(path).write_bytes(png.getvalue())
   return path
