@@ -4,10 +4,10 @@ Parts run teachers first (each part's `teacher.workdir` is set to its teacher pa
 workdir), each in <workdir>/<part>, resuming from its own checkpoints; a part whose latest
 checkpoint is its run's last step is skipped (its recorded cost stands). A part whose method
 trains on offline samples of its teacher (Method.offline_data, e.g. the Denoising Student's
-pairs) first writes or finishes them (what `--mode=pairs` does). After each part's run, its training cost is
-added to <workdir>/<part>/train_cost.json (wall-clock seconds of every sitting, updates,
-teacher network evaluations). The report (<workdir>/report) has a row per (part, steps,
-sampler, w), with the part's training cost beside its metrics.
+pairs) first writes or finishes them (what `--mode=pairs` does). After each part's run, its
+training cost is added to <workdir>/<part>/train_cost.json (wall-clock seconds of every
+sitting, updates, teacher network evaluations). The report (<workdir>/report) has a row per
+(part, steps, sampler, w), with the part's training cost beside its metrics.
 
 A SIGTERM (preemption) ends the pipeline: the running part saves its checkpoint and stops,
 no later part starts and no report is written; `StoppedEarly` is raised (main.py exits with
