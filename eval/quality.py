@@ -193,10 +193,14 @@ class Evaluator:
       self._loaded = (key, (saved, params))
     return self._loaded[1]
 
+  def _sampling_config(self, saved: dict, entry: Entry):
+    """The saved config set up for the entry's sampler and guidance weight."""
+    return sampling_config(saved, entry.sampler, entry.guidance_weight, self.options.clip_x)
+
   def _draw(self, entry: Entry) -> Samples:
     """options.num_samples images of a resolved entry, and the time per image."""
     saved, params = self._load(entry)
-    config = sampling_config(saved, entry.sampler, entry.guidance_weight, self.options.clip_x)
+    config = self._sampling_config(saved, entry)
     program, bs, n = sample_program(config), self.options.batch_size, self.options.num_samples
     if program not in self._warm:
       generate.generate(program, bs, bs, self.rng, self.mesh, args=(params, np.int32(1)))
@@ -229,9 +233,8 @@ class Evaluator:
     if path is not None and path.exists():
       with np.load(io.BytesIO(path.read_bytes())) as saved:
         images, seconds = saved["images"], float(saved["seconds_per_image"])
-      config = sampling_config(checkpoint.read_config(entry.workdir, entry.step), entry.sampler,
-                               entry.guidance_weight, self.options.clip_x)
-      return Samples(images, seconds, config)
+      saved_config = checkpoint.read_config(entry.workdir, entry.step)
+      return Samples(images, seconds, self._sampling_config(saved_config, entry))
     samples = self._draw(entry)
     if path is not None and jax.process_index() == 0:
       data = io.BytesIO()

@@ -15,6 +15,7 @@ FD / FID reference statistics and its number of images.
 """
 import dataclasses
 import io
+import itertools
 import json
 import os
 from typing import Optional
@@ -109,7 +110,7 @@ def plot(rows, path: str) -> str:
   colors = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20").colors
   fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
   for ax, metric in zip(axes[0], metrics):
-    for color, ((model, sampler, w), line) in zip(colors * len(lines), lines.items()):
+    for color, ((model, sampler, w), line) in zip(itertools.cycle(colors), lines.items()):
       points = sorted((r["nfe"], r.get(metric, np.nan)) for r in line)
       x, y = zip(*[(n, v if np.isfinite(v) else np.nan) for n, v in points])
       ax.plot(x, y, marker="o", color=color,
