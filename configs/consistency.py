@@ -4,7 +4,7 @@
 | preset        | grid N | solver | target (mu)   | updates | batch | lr    | EMA     | distance |
 |---------------|--------|--------|---------------|---------|-------|-------|---------|----------|
 | digits        | 16     | heun   | online (0)    | 1k      | 64    | 2e-4  | 0.99    | l2       |
-| fashion_mnist_cpu | 16 | heun   | online (0)    | 600     | 64    | 2e-4  | 0.99    | l2       |
+| fashion_mnist_cpu | 16 | heun   | online (0)    | 300     | 64    | 2e-4  | 0.99    | l2       |
 | fashion_mnist | 17     | heun   | online (0)    | 50k     | 128   | 1e-4  | 0.999   | l2       |
 | cifar10       | 17     | heun   | online (0)    | 800k    | 512   | 4e-4  | 0.9999  | l2       |
 | imagenet64    | 39     | heun   | ema (0.95)    | 600k    | 2048  | 8e-6  | 0.95    | l2       |
@@ -88,7 +88,7 @@ def imagenet64():
 
 
 def fashion_mnist_cpu():
-  return consistency_config(teacher.fashion_mnist_cpu(), (16,), steps_per_stage=600, lr=2e-4,
+  return consistency_config(teacher.fashion_mnist_cpu(), (16,), steps_per_stage=300, lr=2e-4,
                             batch_size=64, ema_decay=0.99)
 
 

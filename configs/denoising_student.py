@@ -10,7 +10,7 @@ configs/teacher.py:<same preset>>. Two commands on one workdir:
 | preset        | teacher DDIM        | pairs + held-out    | loss | batch | steps | lr, warm-up | EMA   |
 |---------------|---------------------|---------------------|------|-------|-------|-------------|-------|
 | digits        | 32 steps, quadratic | 8,192 + 1,024       | L2   | 64    | 1.25k | 5e-4, 100   | 0.995 |
-| fashion_mnist_cpu | 32, quadratic   | 4,096 + 512         | L2   | 64    | 1k    | 5e-4, 100   | 0.995 |
+| fashion_mnist_cpu | 32, quadratic   | 2,048 + 256         | L2   | 64    | 500   | 5e-4, 50    | 0.995 |
 | fashion_mnist | 100, quadratic      | 204,800 + 10,240    | L2   | 256   | 20k   | 2e-4, 1k    | 0.995 |
 | cifar10       | 100, quadratic      | 1,024,000 + 51,200  | L1   | 512   | 50k   | 2e-4, 5k    | 0.995 |
 
@@ -85,9 +85,9 @@ def cifar10():
 
 
 def fashion_mnist_cpu():
-  c = student_config(teacher.fashion_mnist_cpu(), teacher_steps=32, num_pairs=4096,
-                     num_heldout=512, loss="l2", batch_size=64, steps=1000, lr=5e-4,
-                     warmup_steps=100, eval_every_steps=250, shard_size=2048,
+  c = student_config(teacher.fashion_mnist_cpu(), teacher_steps=32, num_pairs=2048,
+                     num_heldout=256, loss="l2", batch_size=64, steps=500, lr=5e-4,
+                     warmup_steps=50, eval_every_steps=125, shard_size=2048,
                      generation_batch_size=512)
   c.log_every_steps = 50
   return c

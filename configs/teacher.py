@@ -5,7 +5,7 @@
 | digits        | 8x8 digits      | UNet ch 16, (1, 2)       | 2k     | 64    | 2e-3  |
 | digits_cond   | 8x8, 10 classes | as digits, label dropout 0.1 | 2k | 64 | 2e-3  |
 | fashion_mnist_cpu | 28x28       | UNet ch 16, (1, 2, 2), attn 7 | 5k | 64 | 1e-3  |
-| fashion_mnist_cpu_cond | 28x28, 10 classes | as fashion_mnist_cpu | 2k | 64 | 1e-3 |
+| fashion_mnist_cpu_cond | 28x28, 10 classes | as fashion_mnist_cpu | 1k | 64 | 1e-3 |
 | fashion_mnist | 28x28           | UNet ch 64, (1, 2, 2)    | 100k   | 128   | 2e-4  |
 | mnist         | 28x28 (TFDS)    | UNet ch 64, (1, 2, 2)    | 100k   | 128   | 2e-4  |
 | cifar10       | 32x32 (TFDS)    | UNet ch 256, (1, 2, 2, 2), 3 blocks, attn 16, dropout 0.2 | 800k | 128 | 2e-4 |
@@ -57,10 +57,10 @@ def fashion_mnist_cpu():
 
 
 def fashion_mnist_cpu_cond():
-  """The class-conditional fashion_mnist_cpu teacher (label dropout 0.1), 2k updates."""
+  """The class-conditional fashion_mnist_cpu teacher (label dropout 0.1), 1k updates."""
   c = fashion_mnist_cpu()
   c.model.num_classes = 10
-  c.num_train_steps = 2000
+  c.num_train_steps = 1000
   return c
 
 
