@@ -19,7 +19,7 @@ def time_train_step(config, stage_args: dict, teacher_params=None, steps: int = 
   rng = jax.random.PRNGKey(0)
   state = jax.jit(lambda teacher: init_state(method, tx, rng, rng, teacher),
                   out_shardings=replicated(mesh))(teacher_params)
-  step_fn = jax.jit(lambda s, b, st: train_step(method, tx, config.optim, 0.999, s, b, st),
+  step_fn = jax.jit(lambda s, b, st: train_step(method, tx, config.optim, s, b, st),
                     donate_argnums=0)
   shape = (config.batch_size,) + tuple(config.data.shape)
   batch = shard_batch(mesh, {"image": np.random.uniform(-1, 1, shape).astype(np.float32),

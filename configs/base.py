@@ -37,7 +37,9 @@ def base_config(dataset: str = "digits") -> ml_collections.ConfigDict:
 
   c.optim = ml_collections.ConfigDict(dict(
       lr=2e-3, warmup_steps=100, schedule="constant", grad_clip=1.0,
-      b1=0.9, b2=0.99, ema_decay=0.999))
+      b1=0.9, b2=0.99, ema_decay=0.999, ema_rampup=0.0))
+  # optim.ema_rampup > 0: the EMA's half-life is at most ema_rampup x the updates of the stage
+  # so far (EDM's ramp-up, 0.05 there; training/optimizer.py:ema_decay); 0 = always ema_decay.
 
   c.batch_size = 64
   c.num_train_steps = 2000

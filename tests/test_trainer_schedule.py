@@ -1,5 +1,5 @@
 """The trainer across stage boundaries: the learning-rate schedule (warm-up, linear anneal,
-restart at each stage) and the Adam reset against hand-computed values; guided (stage 1 ->
+restart at each stage), the EMA ramp-up and the Adam reset against hand-computed values; guided (stage 1 ->
 stage 2) and progressive_encoder runs stopped and resumed bit for bit across the boundary."""
 import bisect
 
@@ -74,6 +74,30 @@ def test_learning_rate_schedule_and_adam_reset_by_hand(tmp_path, teacher_dir):
         np.testing.assert_allclose(p1 - p0, -expected[4] * g / (np.abs(g) + 1e-8), rtol=0,
                                    atol=3e-7)
   np.testing.assert_allclose(lrs, expected, rtol=1e-6)
+
+
+def test_ema_rampup_by_hand(tmp_path, teacher_dir):
+  """With optim.ema_rampup = 0.5 the decay at step s of a stage is min(0.9, 0.5 ** (1 / (s / 2)))
+  = 0, 0.25, 0.5, 0.63 (restarting at the boundary): ema' = d ema + (1 - d) params'."""
+  config = distill(teacher_dir, steps_per_stage=4, ema_decay=0.9, ema_rampup=0.5)
+  trainer = Trainer(config, str(tmp_path), make_mesh(1))
+  expected = [0.0, 0.25, 0.5, 0.5 ** (1 / 1.5)] * 2
+  state, index = trainer.state, 0
+  for step in range(8):
+    stage_index = bisect.bisect_right(trainer.bounds, step) - 1
+    if stage_index != index:
+      state, index = trainer.next_stage_fn(state, stage_index), stage_index
+    ema = jax.device_get(state.ema_params)
+    state, _ = trainer.step_fn(state, shard_batch(trainer.mesh, next(trainer.data_iter)),
+                               trainer.stage_args(stage_index))
+    d = expected[step]
+    for e0, p1, e1 in zip(jax.tree.leaves(ema), jax.tree.leaves(jax.device_get(state.params)),
+                          jax.tree.leaves(jax.device_get(state.ema_params)), strict=True):
+      np.testing.assert_allclose(e1, d * e0 + (1 - d) * p1, rtol=1e-5, atol=1e-7)
+    if d == 0.0:
+      assert all(np.array_equal(p, e) for p, e in zip(
+          jax.tree.leaves(jax.device_get(state.params)),
+          jax.tree.leaves(jax.device_get(state.ema_params))))
 
 
 def _leaves(state):

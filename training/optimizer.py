@@ -1,6 +1,6 @@
 """Optimizer: Adam with gradient clipping that skips non-finite updates; the learning
-rate is applied in the train step from the step within the current stage, so the
-schedule restarts at every stage without recompiling."""
+rate and the EMA decay are applied in the train step from the step within the current
+stage, so both schedules restart at every stage without recompiling."""
 import jax.numpy as jnp
 import optax
 
@@ -34,3 +34,16 @@ def learning_rate(optim_config, step_in_stage, stage_updates):
   warmup = jnp.minimum(1.0, (s + 1.0) / max(optim_config.warmup_steps, 1))
   progress = jnp.clip(s / jnp.maximum(stage_updates, 1), 0.0, 1.0)
   return optim_config.lr * warmup * decay(progress)
+
+
+def ema_decay(optim_config, step_in_stage):
+  """The EMA decay at step s of the stage: optim.ema_decay, or with optim.ema_rampup = r > 0
+  the ramp-up of EDM's training loop (Karras et al. 2022): the EMA's half-life is at most
+  r * s updates, decay = min(ema_decay, 0.5 ** (1 / (r * s))), 0 at s = 0 (the EMA starts
+  at the params), so a short run's EMA does not keep its initialisation (a fixed 0.999 keeps
+  0.999 ** 1000 = 37% of it after 1k updates)."""
+  if optim_config.ema_rampup <= 0:
+    return optim_config.ema_decay
+  half_life = optim_config.ema_rampup * jnp.asarray(step_in_stage, jnp.float32)
+  ramp = jnp.where(half_life > 0, 0.5 ** (1.0 / jnp.maximum(half_life, 1e-8)), 0.0)
+  return jnp.minimum(optim_config.ema_decay, ramp)

@@ -24,7 +24,7 @@ from eval.grid import make_grid, save_grid
 from training import checkpoint, data, offline_run
 from training.mesh import check_batch_size, make_mesh, replicated, shard_batch
 from training.method import get_method
-from training.optimizer import learning_rate, make_optimizer
+from training.optimizer import ema_decay, learning_rate, make_optimizer
 from training.state import TrainState
 from training.pretrained import load_teacher, run_end
 
@@ -79,7 +79,7 @@ def _stage_bounds(stages):
   return np.cumsum([0] + [s.num_updates for s in stages]).tolist()
 
 
-def train_step(method, tx, optim_config, ema_decay, state: TrainState, batch, stage):
+def train_step(method, tx, optim_config, state: TrainState, batch, stage):
   """One update: loss and gradient, Adam (skipped if non-finite), EMA, metrics."""
   rng = jax.random.fold_in(state.rng, state.step)
   (loss, metrics), grads = jax.value_and_grad(method.loss, has_aux=True)(
@@ -93,7 +93,8 @@ def train_step(method, tx, optim_config, ema_decay, state: TrainState, batch, st
     updates = jax.tree.map(lambda u, f: -lr * f * u, updates, scales)
   params = optax.apply_updates(state.params, updates)
   finite = opt_state.last_finite
-  ema = jax.tree.map(lambda e, p: jnp.where(finite, ema_decay * e + (1.0 - ema_decay) * p, e),
+  decay = ema_decay(optim_config, state.step - stage["first_step"])
+  ema = jax.tree.map(lambda e, p: jnp.where(finite, decay * e + (1.0 - decay) * p, e),
                      state.ema_params, params)
   metrics = dict(metrics, loss=loss, lr=lr, grad_norm=optax.tree.norm(grads),
                  nonfinite_in_row=opt_state.notfinite_count)
@@ -151,7 +152,7 @@ class Trainer:
     else:   # shapes only: _resume fills them in, without the teacher's workdir
       self.state = self._saved_shapes(latest)
     self.step_fn = jax.jit(
-        functools.partial(train_step, self.method, self.tx, config.optim, config.optim.ema_decay),
+        functools.partial(train_step, self.method, self.tx, config.optim),
         donate_argnums=0, out_shardings=(rep, rep))
     self.next_stage_fn = jax.jit(functools.partial(_next_stage, self.method, self.tx),
                                  donate_argnums=0, out_shardings=rep)
