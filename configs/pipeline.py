@@ -28,12 +28,12 @@ Presets:
                  from them; Catch-Up (and its one-step stage) and Matryoshka trained on the
                  same data with the teacher's budget of updates (24 minutes on 2 CPU cores)
   fashion_mnist_cpu
-                 the same on Fashion-MNIST sized for 2 CPU cores (4 h 31 min measured; the
+                 the same on Fashion-MNIST sized for 2 CPU cores (2 h 32 min measured; the
                  `fashion_mnist_cpu` preset of every method config): FID from the converted
                  Inception weights (a missing file is an error naming the conversion command)
                  and FD-fashion_mnist, 1000 samples a row against the first 1000 training
-                 images; Catch-Up and Matryoshka get 2k updates (the teacher 5k); the rows are
-                 each part's few-step end (`headline_rows`)
+                 images; Catch-Up and Matryoshka get 800 updates (the teacher 5k); the rows
+                 are each part's few-step end (`headline_rows`)
 """
 import ml_collections
 
