@@ -97,12 +97,10 @@ def imagenet64():
 def fashion_mnist_cpu():
   """The fashion_mnist preset at a quarter of its widths on the fashion_mnist_cpu teacher's
   optimiser, 800 updates and the EMA ramped up (as the pipeline's Catch-Up)."""
-  c = matryoshka_config(teacher.fashion_mnist_cpu(), (28, 14), (1, 1),
-                        inner=dict(ch=16, ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(7,)),
-                        shells=[dict(ch=8, ch_mult=(1, 2), num_res_blocks=2)])
-  c.num_train_steps = 800
-  c.optim.ema_rampup = 0.05
-  return c
+  return matryoshka_config(teacher.fashion_mnist_cpu_short(800), (28, 14), (1, 1),
+                           inner=dict(ch=16, ch_mult=(1, 2), num_res_blocks=2,
+                                      attn_resolutions=(7,)),
+                           shells=[dict(ch=8, ch_mult=(1, 2), num_res_blocks=2)])
 
 
 PRESETS = {"digits": digits, "fashion_mnist": fashion_mnist, "fashion_mnist_cpu": fashion_mnist_cpu,

@@ -56,13 +56,20 @@ def fashion_mnist_cpu():
   return c
 
 
-def fashion_mnist_cpu_cond():
-  """The class-conditional fashion_mnist_cpu teacher (label dropout 0.1), 1k updates, the EMA
-  ramped up (a fixed 0.999 would still hold 37% of the random initialisation)."""
+def fashion_mnist_cpu_short(num_train_steps):
+  """fashion_mnist_cpu for a short run from scratch (the pipeline's conditional teacher,
+  Catch-Up, Matryoshka): `num_train_steps` updates, the EMA ramped up as in EDM (0.05; a fixed
+  0.999 would still hold 37% of the random initialisation after 1k updates)."""
   c = fashion_mnist_cpu()
-  c.model.num_classes = 10
-  c.num_train_steps = 1000
+  c.num_train_steps = num_train_steps
   c.optim.ema_rampup = 0.05
+  return c
+
+
+def fashion_mnist_cpu_cond():
+  """The class-conditional fashion_mnist_cpu teacher (label dropout 0.1), 1k updates."""
+  c = fashion_mnist_cpu_short(1000)
+  c.model.num_classes = 10
   return c
 
 

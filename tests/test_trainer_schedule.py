@@ -1,6 +1,7 @@
 """The trainer across stage boundaries: the learning-rate schedule (warm-up, linear anneal,
-restart at each stage), the EMA ramp-up and the Adam reset against hand-computed values; guided (stage 1 ->
-stage 2) and progressive_encoder runs stopped and resumed bit for bit across the boundary."""
+restart at each stage), the EMA ramp-up and the Adam reset against hand-computed values;
+guided (stage 1 -> stage 2) and progressive_encoder runs stopped and resumed bit for bit
+across the boundary."""
 import bisect
 
 import jax

@@ -45,5 +45,4 @@ def ema_decay(optim_config, step_in_stage):
   if optim_config.ema_rampup <= 0:
     return optim_config.ema_decay
   half_life = optim_config.ema_rampup * jnp.asarray(step_in_stage, jnp.float32)
-  ramp = jnp.where(half_life > 0, 0.5 ** (1.0 / jnp.maximum(half_life, 1e-8)), 0.0)
-  return jnp.minimum(optim_config.ema_decay, ramp)
+  return jnp.minimum(optim_config.ema_decay, 0.5 ** (1.0 / half_life))   # 0.5 ** inf = 0
