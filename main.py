@@ -56,6 +56,7 @@ def main(argv):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   logging.info("JAX process %d/%d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+  import commands  # noqa: F401  (registers the methods)
   from training.trainer import StoppedEarly
   try:
     MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
@@ -70,24 +71,24 @@ def train(config, workdir):
 
 
 def sample(config, workdir):
-  from training.sample_checkpoint import sample_from_workdir
+  from commands.sample import sample_from_workdir
   sample_from_workdir(workdir, config.sample)
 
 
 def evaluate(config, workdir):
-  from training.evaluate_checkpoint import evaluate_workdir
+  from commands.evaluate import evaluate_workdir
   evaluate_workdir(workdir, config.eval)
 
 
 def pairs(config, workdir):
-  from training.offline_run import write_offline_data
+  from commands.pairs import write_offline_data
   write_offline_data(config, workdir)
 
 
 def pipeline(config, workdir):
   if "parts" not in config:
     raise app.UsageError("--mode=pipeline needs --config=configs/pipeline.py[:preset].")
-  from training.pipeline import run_pipeline
+  from commands.pipeline import run_pipeline
   run_pipeline(config, workdir)
 
 

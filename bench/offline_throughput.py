@@ -16,10 +16,11 @@ import jax
 from absl import app, flags
 
 from configs import denoising_student
+import distillation  # noqa: F401  (registers the methods)
 from diffusion.networks import init_params
+from infra.params import load_params
 from training import offline
 from training.method import get_method
-from training.pretrained import load_params
 
 flags.DEFINE_string("preset", "digits", "Preset of configs/denoising_student.py.")
 flags.DEFINE_integer("num_pairs", 4096, "Training pairs to write (plus 1/8 of it held out).")

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from training.mesh import make_mesh, replicated, shard_batch
+import distillation  # noqa: F401  (registers the methods)
+from infra.mesh import make_mesh, replicated, shard_batch
 from training.method import get_method
 from training.optimizer import make_optimizer
 from training.trainer import init_state, train_step

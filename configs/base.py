@@ -67,7 +67,7 @@ def base_config(dataset: str = "digits") -> ml_collections.ConfigDict:
   # short of the end of its schedule may be used (an error by default).
   c.teacher = ml_collections.ConfigDict(dict(workdir="", allow_unfinished=False))
 
-  # --mode=eval (training/evaluate_checkpoint.py, eval/quality.py): lists are comma-separated;
+  # --mode=eval (commands/evaluate.py, eval/quality.py): lists are comma-separated;
   # guidance weights apply to class-conditional models; '' dirs = the defaults; the classifier
   # is trained (classifier_steps) when missing; metrics from fd_dataset, fidelity, fid;
   # reference_split: the dataset split whose statistics FD-<dataset> and FID compare against

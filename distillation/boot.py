@@ -36,12 +36,12 @@ from diffusion.parameterization import Prediction
 from diffusion.processes import broadcast_to
 from diffusion.registry import Registry
 from diffusion.targets import signal_step_size, signal_target
-from distillation.common import (check_teacher, ddim_samples, fidelity_metrics, grid_sizes,
-                                 initial_noise, require_sections, sample_cond)
+from distillation.common import check_teacher, fidelity_metrics, grid_sizes, require_sections
 from distillation.data_free import DataFreeConditioning, example_keys, per_example
 from distillation.guided import embed_params
 from sampling.steps import ddim_step, scales
 from training.method import Method, Stage, register
+from training.samples import ddim_samples, initial_noise, sample_cond
 
 # Training times of one example, fn(key, N) -> (t, s = t - 1/N), for N grid intervals.
 TIME_SAMPLERS = Registry("BOOT time sampling")
@@ -163,7 +163,7 @@ class Boot(Method):
 
   def sample(self, params, rng, num_samples, stage):
     """x = g(eps, 0, c): one network call from the noise every method's samples start from
-    (common.initial_noise), clipped to [-1, 1] with `sample.clip_x` like every sampler's
+    (training.samples.initial_noise), clipped to [-1, 1] with `sample.clip_x` like every sampler's
     x_hat. The student has this one sampler, whatever stage['num_steps']."""
     del stage
     w = self.config.sample.guidance_weight

@@ -21,12 +21,13 @@ import jax
 import jax.numpy as jnp
 
 from distillation.catch_up import CatchUpDistillation
-from distillation.common import check_teacher, initial_noise, require_sections
+from distillation.common import check_teacher, require_sections
 from distillation.flow_matching import mse
 from sampling.grids import get_grid
 from sampling.steps import ddim_step, scales
 from training.method import Stage, register
 from training.offline import OfflineData
+from training.samples import initial_noise
 
 USAGE = "--config=configs/catch_up.py:<preset>_onestep"
 
@@ -115,7 +116,7 @@ class CatchUpOneStep(CatchUpDistillation):
     return mse(batch["noise"] - self.velocity(params, batch["noise"]), target)
 
   def sample(self, params, rng, num_samples, stage):
-    """x = z_1 - u_S(z_1, 1) from z_1 = normal(split(rng)[0]) (common.initial_noise),
+    """x = z_1 - u_S(z_1, 1) from z_1 = normal(split(rng)[0]) (training.samples.initial_noise),
     clipped to [-1, 1] with sample.clip_x."""
     z, _ = initial_noise(self.config, rng, num_samples)
     x = z - self.velocity(params, z)

@@ -66,11 +66,11 @@ from diffusion.networks import build_denoiser
 from diffusion.parameterization import Prediction
 from diffusion.processes import broadcast_to
 from diffusion.registry import Registry
-from distillation.common import (check_teacher, fidelity_metrics, grid_sizes,
-                                 require_sections, sample_images, training_cond)
+from distillation.common import (check_teacher, fidelity_metrics, grid_sizes, require_sections, training_cond)
 from sampling import get_grid, ode
 from sampling.steps import ddim_step
 from training.method import Method, Stage, register
+from training.samples import sample_images
 
 T_MIN = 0.0
 
@@ -221,7 +221,7 @@ class ConsistencyDistillation(Method):
     return jnp.mean(losses), {"loss": jnp.mean(losses)}
 
   def sample(self, params, rng, num_samples, stage):
-    """`sample.sampler` (the presets: 'consistency') over f, from common.sample_images' noise."""
+    """`sample.sampler` (the presets: 'consistency') over f, from training.samples.sample_images' noise."""
     return sample_images(self.config, self.student, self.process, params, rng, num_samples,
                          stage["num_steps"])
 

@@ -105,7 +105,7 @@ class DataFreeConditioning:
 
   def teacher(self, denoise: Denoiser) -> Denoiser:
     """f_T as a Denoiser (params, z, t, cond) -> Prediction, for a cond from `draw` (or
-    `distillation.common.sample_cond`): the guided teacher at cond['w'] for a w-conditioned
+    `training.samples.sample_cond`): the guided teacher at cond['w'] for a w-conditioned
     student, at `guidance_weight` otherwise. `denoise` is the teacher's own (no w-embedding)."""
     if not self.num_classes:
       return lambda params, z, t, cond=None: denoise(params, z, t, None)

@@ -16,18 +16,18 @@ over the batch, and uses the L1 distance for CIFAR-10):
   L = mean_batch sum_pixels |x_0 - x_S(eps)|^p,  p = 1 ('l1') or 2 ('l2').
 
 The EMA is scored on the held-out pairs every eval_every_steps; the checkpoint with the
-lowest held-out loss is kept (the trainer; training/checkpoint.py).
+lowest held-out loss is kept (the trainer; infra/checkpoint.py).
 """
 import jax
 import jax.numpy as jnp
 
 from diffusion.networks import build_denoiser
-from distillation.common import (check_teacher, initial_noise, one_step_x, require_sections,
-                                 sample_cond)
+from distillation.common import check_teacher, one_step_x, require_sections
 from distillation.data_free import DataFreeConditioning
 from sampling import get_sampler
 from training.method import Method, Stage, register
 from training.offline import OfflineData
+from training.samples import initial_noise, sample_cond
 
 DISTANCES = {"l1": jnp.abs, "l2": jnp.square}
 
@@ -118,7 +118,7 @@ class DenoisingStudent(Method):
     return self.student_loss(params, batch)   # no dropout
 
   def sample(self, params, rng, num_samples, stage):
-    """One step from z_1 = normal(split(rng)[0]) (distillation.common.initial_noise), the
+    """One step from z_1 = normal(split(rng)[0]) (training.samples.initial_noise), the
     labels of sample_cond; clipped to [-1, 1] like the pairs."""
     z, _ = initial_noise(self.config, rng, num_samples)
     x = self.student(params, z, sample_cond(self.config, num_samples, 0.0))

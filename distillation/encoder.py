@@ -30,12 +30,12 @@ import jax.numpy as jnp
 from diffusion.losses import weighted_x_mse
 from diffusion.parameterization import Prediction
 from diffusion.processes import broadcast_to
-from distillation.common import (ddim_samples, fidelity_metrics, sample_cond, sample_images,
-                                 training_cond)
+from distillation.common import fidelity_metrics, training_cond
 from distillation.progressive import ProgressiveDistillation, halving_steps, halving_target
 from sampling.grids import uniform
 from sampling.steps import ddim_step, scales
 from training.method import Stage, register
+from training.samples import ddim_samples, sample_cond, sample_images
 
 
 def encode(denoise, params, x, cond=None, *, process, num_steps):

@@ -64,7 +64,7 @@ def head_denoiser(network, process, head: int = 1):
 class VelocityModel(FromData):
   """Shared set-up of the methods that train a velocity network with `num_heads()` output
   heads on the linear flow from data; `self.denoise` is head `sample_head()`'s Denoiser, which
-  the default `Method.sample` draws with (`sample.sampler`, common.sample_images)."""
+  the default `Method.sample` draws with (`sample.sampler`, training.samples.sample_images)."""
 
   def __init__(self, config):
     super().__init__(config)

@@ -32,11 +32,12 @@ from diffusion.losses import mean_per_example
 from diffusion.nested_unet import nested_resolutions
 from diffusion.networks import build_network, init_params
 from diffusion.processes import shifted_cosine
-from distillation.common import require_sections, sample_images, training_cond
+from distillation.common import require_sections, training_cond
 from distillation.teacher import FromData
+from infra.params import check_same_structure
 from sampling.noise import normal_like
 from training.method import register
-from training.pretrained import check_same_structure
+from training.samples import sample_images
 
 
 def avg_pool(x, resolution: int):
@@ -151,7 +152,7 @@ class MatryoshkaDiffusion(FromData):
 
   def sample_resolutions(self, params, rng, num_samples, stage) -> tuple:
     """Samples at every resolution, lowest first; the highest is drawn from the same z_1 as
-    distillation.common.sample_images draws for a plain model, the lower ones from fresh
+    training.samples.sample_images draws for a plain model, the lower ones from fresh
     noise (sampling.noise.normal_like)."""
     return sample_images(self.config, self.denoise, self.processes, params, rng, num_samples,
                          stage["num_steps"], shapes=self.shapes)

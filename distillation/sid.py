@@ -50,10 +50,11 @@ from diffusion.losses import mean_per_example, weighted_x_mse
 from diffusion.networks import build_denoiser, init_params
 from diffusion.processes import karras_logsnr
 from diffusion.registry import Registry
-from distillation.common import check_teacher, initial_noise, require_sections, sample_cond
+from distillation.common import check_teacher, require_sections
 from distillation.data_free import DataFreeConditioning, example_keys, per_example
 from distillation.guided import embed_params
 from training.method import Method, Stage, register
+from training.samples import initial_noise, sample_cond
 
 # Noise levels of the fake score's denoising loss: fn(key, process, settings) -> one t.
 FAKE_SCORE_TIMES = Registry("sid.fake_score_time")
@@ -198,7 +199,7 @@ class ScoreIdentityDistillation(Method):
     return metrics["generator_loss"] + metrics["fake_score_loss"], metrics
 
   def sample(self, params, rng, num_samples, stage):
-    """G(eps), eps the z_1 every method's samples start from (common.initial_noise), clipped
+    """G(eps), eps the z_1 every method's samples start from (training.samples.initial_noise), clipped
     to [-1, 1] with `sample.clip_x` like every sampler's x_hat; one step whatever
     stage['num_steps']; labels and w from `sample_cond` at sample.guidance_weight."""
     del stage

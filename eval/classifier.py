@@ -4,7 +4,7 @@ The Frechet distance of these features (eval/frechet.py) is named after the data
 `metric_name('digits') == 'FD-digits'`, never "FID": it is comparable only between
 runs that use the same trained classifier. Images are in [-1, 1], (B, H, W, C), as the
 data pipeline yields them (uint8 / 127.5 - 1); splits are the data pipeline's
-(training.sources), so reference statistics of the 'test' split use unseen images.
+(infra.sources), so reference statistics of the 'test' split use unseen images.
 
 Saved under a directory (default ~/.cache/diffusion_distillation_jax/classifiers/<dataset>,
 or <root>/classifiers/<dataset>): params.npz (flat Flax params) and config.json (architecture,
@@ -21,8 +21,8 @@ import numpy as np
 import optax
 from etils import epath
 
-from eval import npz_tree
-from training import sources
+from infra import npz_tree
+from infra import sources
 
 CACHE_DIR = os.path.expanduser("~/.cache/diffusion_distillation_jax")
 

@@ -26,7 +26,8 @@ import numpy as np
 from absl import app, flags
 from flax import traverse_util
 
-from eval import inception, npz_tree
+from eval import inception
+from infra import npz_tree
 
 # torchvision suffix (layer, parameter) -> (Flax collection, Flax name, array transform).
 _TORCHVISION_RULES = {

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from eval import npz_tree
+from infra import npz_tree
 
 
 class Moments(NamedTuple):

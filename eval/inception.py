@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from etils import epath
 
-from eval import npz_tree
+from infra import npz_tree
 
 DEFAULT_WEIGHTS = os.path.expanduser("~/.cache/diffusion_distillation_jax/inception_fid.npz")
 INPUT_SIZE = 299

@@ -2,7 +2,7 @@
 
 An Entry is (workdir, checkpoint step, sampler, num_steps, guidance weight). `evaluate` draws
 `num_samples` images of each, sharded over the mesh (eval/generate.py), all from the SAME noise:
-batch i uses key fold_in(PRNGKey(seed), i), from which distillation.common.sample_images draws
+batch i uses key fold_in(PRNGKey(seed), i), from which training.samples.sample_images draws
 z_1 the same way for any model of the data shape. The network, process and labels come from
 the config saved with the checkpoint; the images from its method's `sample`. A row holds:
 
@@ -45,16 +45,16 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from diffusion.registry import Registry
 from eval import classifier, fidelity, frechet, generate, inception, metrics, reference
-from eval.grid import save_grid
 from eval.quality_features import Features, batches, classifier_features, inception_features
 from eval.quality_table import row_name
 from eval.sample_programs import nfe, sample_program, sampling_config
-from diffusion.registry import Registry
-from training import checkpoint
-from training.mesh import make_mesh
-from training.offline import atomic_write
-from training.pretrained import load_params
+from infra import checkpoint
+from infra.files import atomic_write
+from infra.grid import save_grid
+from infra.mesh import make_mesh
+from infra.params import load_params
 
 INCEPTION_BATCH = 50
 

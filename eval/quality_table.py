@@ -16,7 +16,7 @@ HEADERS = {"model": "model", "checkpoint_step": "ckpt", "sampler": "sampler", "s
            "guidance_weight": "w", "nfe": "NFE", "seconds_per_image": "s/image",
            "fidelity_psnr": "PSNR (dB)", "fidelity_mse": "MSE"}
 METRIC_COLUMNS = ("FID", "IS", "fidelity_psnr", "fidelity_mse")
-# Training cost of a pipeline part (training/pipeline.py), after the metrics.
+# Training cost of a pipeline part (commands/pipeline.py), after the metrics.
 COST_COLUMNS = ("train_updates", "teacher_evaluations", "train_seconds")
 HEADERS.update(train_updates="updates", teacher_evaluations="teacher evals",
                train_seconds="train s")

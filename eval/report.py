@@ -31,8 +31,8 @@ import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
 from eval import quality, quality_table, sample_programs  # noqa: E402
+from infra import checkpoint  # noqa: E402
 from sampling import SAMPLERS  # noqa: E402
-from training import checkpoint  # noqa: E402
 from training.method import get_method  # noqa: E402
 
 PLOTTED = ("FD-", "fidelity_psnr", "FID")

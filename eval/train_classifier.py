@@ -3,7 +3,7 @@ r"""Train the dataset classifier behind the FD-<dataset> metric and report its t
   python -m eval.train_classifier --dataset=digits [--out=DIR] [--data_dir=DIR]
   python -m eval.train_classifier --dataset=fashion_mnist --steps=3000
 
-Data comes from training.sources (digits: scikit-learn's bundled copy; fashion_mnist:
+Data comes from infra.sources (digits: scikit-learn's bundled copy; fashion_mnist:
 the IDX files of `apt-get install dataset-fashion-mnist`). --out defaults to
 ~/.cache/diffusion_distillation_jax/classifiers/<dataset>.
 """
@@ -13,7 +13,7 @@ from absl import app, flags
 
 from eval import classifier
 
-flags.DEFINE_string("dataset", "digits", "Dataset name (a training.sources source).")
+flags.DEFINE_string("dataset", "digits", "Dataset name (a infra.sources source).")
 flags.DEFINE_string("out", None, "Output directory; default ~/.cache/diffusion_distillation_jax/"
                     "classifiers/<dataset>.")
 flags.DEFINE_string("data_dir", "", "Where the dataset files are ('' = the source's default).")

@@ -12,7 +12,7 @@ the renoising being `sampling.steps.renoise_step` from the boundary (in EDM's si
 x + sqrt(t_i^2 - eps^2) xi, as the reference's `stochastic_iterative_sampler`). One network
 evaluation per step; N = 1 is the one-step sampler x = f(z_1, 1). For any other Denoiser
 its x_hat plays f. The reference clamps x to [-1, 1] before renoising: through
-distillation.common.sample_images that is `sample.clip_x` (sampling.clipping).
+training.samples.sample_images that is `sample.clip_x` (sampling.clipping).
 """
 from sampling.grids import get_grid
 from sampling.samplers import _noise, _run, register

@@ -21,6 +21,7 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 import pytest  # noqa: E402
 
+import distillation  # noqa: E402, F401  (registers the methods, as commands/ does for main.py)
 from tests.tiny_config import tiny_teacher_config  # noqa: E402
 
 

@@ -23,14 +23,15 @@ from diffusion.processes import CosineVP, LinearFlow
 from diffusion.targets import signal_step_size, signal_target
 from distillation import boot
 from distillation.data_free import DataFreeConditioning, per_example
+from infra import sources
+from infra.mesh import make_mesh
+from infra.params import load_params
 from sampling import get_sampler
 from sampling.steps import ddim_step, scales
 from tests.distill_fixtures import MIXTURE, randomize
 from tests.tiny_config import tiny_teacher_config
-from training import data, sources
-from training.mesh import make_mesh
+from training import data
 from training.method import get_method
-from training.pretrained import load_params
 from training.trainer import Trainer
 
 MEAN, VAR = np.array([0.5, -0.3], np.float32), np.array([0.25, 0.04], np.float32)
@@ -340,7 +341,7 @@ def test_one_and_eight_devices_agree(full_run, teacher_dir, tmp_path):
 
 
 def test_sample_is_one_student_call_on_the_shared_noise(teacher_dir, tmp_path):
-  """sample() = g(eps, 0, c) with eps drawn as common.sample_images draws z_1 and its labels
+  """sample() = g(eps, 0, c) with eps drawn as training.samples.sample_images draws z_1 and its labels
   and w (clipped to [-1, 1] with sample.clip_x); a fixed-w student refuses another sampling w."""
   config = boot_run_config(teacher_dir, 6, tmp_path)
   config.sample.update(guidance_weight=1.5, clip_x=False)

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from commands.pairs import write_offline_data
 from configs import catch_up as catch_up_configs
 from configs import teacher as teacher_configs
 from diffusion.analytic import analytic_denoiser
@@ -18,13 +19,12 @@ from diffusion.networks import build_network, init_params
 from distillation.catch_up import (DELTAS, catch_up_loss, catch_up_steps, catch_up_targets,
                                    data_end_fallback)
 from distillation.flow_matching import mse
+from infra.mesh import make_mesh
 from sampling import get_sampler
 from tests.distill_fixtures import MIXTURE, gmm_batch, gmm_config, randomize
 from tests.tiny_config import tiny_teacher_config
-from training.mesh import make_mesh
-from training.offline import OfflineDataError
-from training.offline_run import write_offline_data
 from training.method import get_method
+from training.offline import OfflineDataError
 from training.trainer import Trainer
 
 E0 = 1e-5

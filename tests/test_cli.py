@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 
+from commands.sample import sample_from_workdir
+from infra import checkpoint
+from infra.mesh import make_mesh
+from infra.sources import DatasetNotFoundError
 from tests.tiny_config import tiny_teacher_config
-from training import checkpoint
-from training.mesh import make_mesh
-from training.sample_checkpoint import sample_from_workdir
-from training.sources import DatasetNotFoundError
 from training.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,11 +7,11 @@ import pytest
 
 from diffusion.analytic import analytic_denoiser, gaussian
 from diffusion.processes import get_process
-from distillation.common import sample_images
 from sampling.clipping import clipped
 from tests.distill_fixtures import gmm_batch, gmm_config, randomize
 from tests.tiny_config import tiny_teacher_config
 from training.method import get_method
+from training.samples import sample_images
 
 # Data mostly outside [-1, 1]: the exact denoiser's x_hat leaves the range.
 MEAN = np.array([1.5, -2.0, 0.0], np.float32)

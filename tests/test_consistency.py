@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 
+from commands.sample import sample_from_workdir
 from configs import consistency as consistency_configs
 from configs import teacher as teacher_configs
 from diffusion.analytic import analytic_denoiser, gaussian, gaussian_flow_map
@@ -21,13 +22,12 @@ from diffusion.mlp import MLP
 from diffusion.networks import init_params
 from diffusion.processes import CosineVP, LinearFlow
 from distillation import consistency
+from infra.mesh import make_mesh
 from sampling import get_sampler
 from sampling.steps import renoise_step
 from tests.distill_fixtures import gmm_batch, gmm_config, randomize
 from tests.tiny_config import tiny_teacher_config
-from training.mesh import make_mesh
 from training.method import get_method
-from training.sample_checkpoint import sample_from_workdir
 from training.trainer import Trainer
 
 MEAN, VAR = np.array([0.5, -0.3], np.float32), np.array([0.25, 0.04], np.float32)
@@ -261,7 +261,7 @@ def test_one_and_eight_devices_agree(teacher_dir, full_run, tmp_path):
 
 
 def test_sample_uses_the_shared_noise():
-  """sample() at 1 step = f(z_1, 1) with z_1 drawn as common.sample_images draws it."""
+  """sample() at 1 step = f(z_1, 1) with z_1 drawn as training.samples.sample_images draws it."""
   method = get_method(gmm_consistency_config())
   params = randomize(init_params(method.network, jax.random.key(0), (2,)), jax.random.key(1))
   rng = jax.random.key(2)

@@ -12,8 +12,8 @@ import tensorflow_datasets as tfds
 from absl import flags
 from sklearn.datasets import load_digits
 
+from infra import sources
 from training import data
-from training import sources
 
 DIGITS = ml_collections.ConfigDict({"name": "digits", "data_dir": "", "split": "train",
                                     "random_flip": False, "num_workers": 0})

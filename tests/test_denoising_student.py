@@ -13,19 +13,20 @@ import numpy as np
 import optax
 import pytest
 
+from commands.pairs import write_offline_data
+from commands.sample import sample_from_workdir
 from configs import denoising_student as presets
 from configs.denoising_student import student_config
 from diffusion.analytic import analytic_denoiser, gaussian, gaussian_flow_map
 from diffusion.networks import init_params
 from distillation.denoising_student import DenoisingStudent, regression_loss
+from infra import checkpoint
+from infra.mesh import make_mesh
+from infra.params import load_params
 from tests.distill_fixtures import gmm_config, randomize
 from tests.tiny_config import tiny_teacher_config
-from training import checkpoint, data, offline, offline_source
-from training.mesh import make_mesh
+from training import data, offline, offline_source
 from training.method import get_method
-from training.offline_run import write_offline_data
-from training.pretrained import load_params
-from training.sample_checkpoint import sample_from_workdir
 from training.trainer import Trainer
 
 DATA_CONFIG = {"read_threads": 0, "num_workers": 0}

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from configs.progressive import distill_config
+from infra.mesh import make_mesh
+from infra.params import load_params
 from tests.tiny_config import tiny_teacher_config
-from training.mesh import make_mesh
-from training.pretrained import load_params
 from training.trainer import Trainer
 
 

@@ -8,7 +8,8 @@ import pytest
 from flax import traverse_util
 from jax.sharding import Mesh
 
-from eval import convert_inception, generate, inception, metrics, npz_tree
+from eval import convert_inception, generate, inception, metrics
+from infra import npz_tree
 
 # torchvision parameter names of a BasicConv2d / the fc layer, by Flax leaf name.
 _TORCH_NAMES = {("params", "conv", "kernel"): "conv.weight",

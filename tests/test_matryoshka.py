@@ -10,18 +10,18 @@ import pytest
 
 from configs.matryoshka import get_config as matryoshka_config
 from diffusion.denoiser import make_denoiser, model_apply_fn
-from diffusion.networks import build_network, init_params
 from diffusion.nested_unet import nested_resolutions
+from diffusion.networks import build_network, init_params
 from diffusion.processes import get_process
 from distillation.common import training_cond
 from distillation.matryoshka import avg_pool, multiresolution_losses, shifted_processes
+from infra.mesh import make_mesh
+from infra.params import load_params
 from sampling import get_sampler
 from sampling.noise import normal_like
 from sampling.steps import ddim_step, scales
 from tests.distill_fixtures import randomize
-from training.mesh import make_mesh
 from training.method import get_method
-from training.pretrained import load_params
 from training.trainer import Trainer
 
 INNER = dict(name="unet", ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(2,),

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from configs.teacher import get_config as teacher_config
+from infra.mesh import make_mesh, shard_batch
 from tests.tiny_config import tiny_teacher_config
-from training.mesh import make_mesh, shard_batch
 from training.method import get_method
 from training.trainer import Trainer
 

@@ -4,13 +4,13 @@ import os
 
 import pytest
 
+from commands.pipeline import part_order, run_pipeline
 from configs.pipeline import pipeline_config, row_spec
 from configs.progressive import distill_config
 from eval.quality import metric_settings
 from eval.report import (IncomparableReportsError, merge_reports, model_entries, report_options,
                          write_report)
 from tests.tiny_config import tiny_teacher_config
-from training.pipeline import part_order, run_pipeline
 
 
 def tiny_pipeline(tmp_path):

@@ -11,9 +11,9 @@ import ml_collections
 import pytest
 
 import distillation  # noqa: F401  (fills the method registry)
+from commands.pipeline import run_pipeline
 from configs.pipeline import get_config
 from training.method import METHODS, get_method
-from training.pipeline import run_pipeline
 from training.trainer import StoppedEarly
 
 TINY_MLP = dict(name="mlp", hidden=32, depth=1, dropout=0.0)

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from eval.grid import make_grid
+from infra import checkpoint
+from infra.grid import make_grid
+from infra.mesh import make_mesh
 from tests.pod_configs import tiny_distill
 from tests.tiny_config import tiny_teacher_config
-from training import checkpoint
 from training import trainer as trainer_module
-from training.mesh import make_mesh
 from training.trainer import NonFiniteLossError, Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -172,7 +172,7 @@ def test_sigterm_ends_the_pipeline_and_unfinished_teachers_are_refused(tmp_path)
 
 def test_sigterm_between_two_parts_stops_the_pipeline_before_the_next(tmp_path, monkeypatch):
   from tests.pod_configs import tiny_pipeline
-  from training import pipeline
+  from commands import pipeline
   config = tiny_pipeline()
   config.parts.teacher.num_train_steps = 2
   record = pipeline.record_cost
@@ -262,7 +262,7 @@ def test_a_bucket_workdir_trains_resumes_samples_and_reports(tmp_path, monkeypat
   from eval import classifier
   from eval.report import quality_report
   from tests import fake_bucket
-  from training.sample_checkpoint import sample_from_workdir
+  from commands.sample import sample_from_workdir
 
   fake_bucket.install(monkeypatch, str(tmp_path / "bucket_store"))
   cwd = tmp_path / "cwd"

@@ -16,7 +16,6 @@ from diffusion.analytic import analytic_denoiser
 from diffusion.networks import build_denoiser, init_params
 from diffusion.parameterization import Prediction
 from diffusion.processes import broadcast_to, get_process
-from distillation.common import ddim_samples, sample_labels
 from distillation.encoder import (EncoderDistillation, encode, encoder_loss,
                                   with_data_first_step)
 from distillation.progressive import (ProgressiveDistillation, halving_steps, halving_target,
@@ -26,6 +25,7 @@ from sampling import get_sampler
 from sampling.steps import ddim_step, scales
 from tests.distill_fixtures import MIXTURE, gmm_batch, gmm_config, randomize
 from training.method import get_method
+from training.samples import ddim_samples, sample_labels
 
 STEP_COUNTS = (1, 2, 8, 64)
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.report import quality_report
+from commands.evaluate import evaluate_workdir
 from configs.base import base_config
 from configs.progressive import distill_config
 from eval import classifier, quality, quality_features, reference, sample_programs
+from eval.report import quality_report
+from infra.mesh import make_mesh
 from tests.tiny_config import tiny_teacher_config
-from training.evaluate_checkpoint import evaluate_workdir
-from training.mesh import make_mesh
 from training.trainer import Trainer
 
 CLASSIFIER_STEPS = 20

@@ -246,7 +246,7 @@ def test_guidance_at_static_w0_is_one_plain_network_call():
   """sample_images at sample.guidance_weight = 0 (a Python float) calls the network once per step
   on the plain batch (NFE 1 per step, as eval/sample_programs counts) and gives the doubled-batch
   result of a traced w = 0 to rounding; w = 1 runs one call on the doubled batch."""
-  from distillation.common import sample_images
+  from training.samples import sample_images
   from eval.sample_programs import nfe
   from tests.tiny_config import tiny_teacher_config
   process = get_process("cosine")

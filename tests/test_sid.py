@@ -19,11 +19,12 @@ from diffusion.networks import build_denoiser, init_params
 from diffusion.processes import CosineVP, get_process, karras_logsnr, shifted_cosine
 from distillation.data_free import DataFreeConditioning, example_keys
 from distillation.sid import SiDSettings, generate, init_time, sid_generator_loss, sid_losses
+from infra import sources
+from infra.mesh import make_mesh, shard_batch
+from infra.params import load_params
 from tests.distill_fixtures import gmm_config, randomize
 from tests.tiny_config import tiny_teacher_config
-from training import data, sources
-from training.mesh import make_mesh, shard_batch
-from training.pretrained import load_params
+from training import data
 from training.method import get_method
 from training.trainer import Trainer
 
@@ -282,7 +283,7 @@ def test_per_network_learning_rates(tmp_path, teacher_dir, no_dataset):
 
 def test_sample_starts_from_the_shared_noise(teacher_dir):
   """At init G is the teacher read at t_init, and `sample` feeds it the z_1 that
-  distillation.common.sample_images draws from the same rng (clipped with sample.clip_x)."""
+  training.samples.sample_images draws from the same rng (clipped with sample.clip_x)."""
   config = sid_run_config(teacher_dir, 6)
   method = get_method(config)
   teacher = teacher_params(teacher_dir)

@@ -3,8 +3,8 @@ import jax
 import numpy as np
 import pytest
 
+from infra.mesh import make_mesh, shard_batch
 from tests.tiny_config import tiny_teacher_config
-from training.mesh import make_mesh, shard_batch
 from training.trainer import Trainer
 
 

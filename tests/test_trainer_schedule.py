@@ -12,8 +12,8 @@ import pytest
 
 from configs.guided import guided_config
 from configs.progressive import distill_config
+from infra.mesh import make_mesh, shard_batch
 from tests.tiny_config import tiny_teacher_config
-from training.mesh import make_mesh, shard_batch
 from training.method import get_method
 from training.trainer import Trainer
 

@@ -28,7 +28,7 @@ import grain
 import jax
 import numpy as np
 
-from training import sources
+from infra import sources
 
 DEFAULTS = {"data_dir": "", "split": "train", "random_flip": False, "read_threads": 2,
             "num_workers": 0, "image_size": None}

@@ -31,6 +31,7 @@ from typing import Any, Optional
 import jax.numpy as jnp
 
 from diffusion.registry import Registry
+from training.samples import sample_images
 
 Params = Any
 
@@ -51,8 +52,11 @@ register = METHODS.register
 
 
 def get_method(config) -> "Method":
-  # Importing the method modules fills the registry.
-  import distillation  # noqa: F401
+  """The registered method `config.method` of `config`; the registry is filled by importing
+  the `distillation` package (commands/ does, before any mode runs)."""
+  if not METHODS:
+    raise RuntimeError("No method is registered: import the `distillation` package (or "
+                       "`commands`, which does) before asking for a method.")
   return METHODS.lookup(config.method)(config)
 
 
@@ -112,10 +116,9 @@ class Method(abc.ABC):
     """Images in [-1, 1] from the default sampler for this stage (pure, jittable).
 
     Default: `config.sample`'s sampler with the stage's `num_steps` over `self.denoise` and
-    `self.process` (distillation.common.sample_images, which draws z_1 the way every method
+    `self.process` (training.samples.sample_images, which draws z_1 the way every method
     shares); methods that sample otherwise override it.
     """
-    from distillation.common import sample_images  # lazy: the trainer layer imports no method
     return sample_images(self.config, self.denoise, self.process, params, rng, num_samples,
                          stage["num_steps"])
 

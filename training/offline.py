@@ -32,6 +32,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from infra.files import atomic_write
+
 SPLITS = ("train", "heldout")   # split s uses fold_in(key, s)
 
 
@@ -100,14 +102,6 @@ def encode(rows: dict) -> bytes:
   buffer = io.BytesIO()
   np.save(buffer, out, allow_pickle=False)
   return buffer.getvalue()
-
-
-def atomic_write(path: epath.Path, data: bytes, suffix: str):
-  """Write `data` to a temporary name beside `path`, then move it onto `path` (replacing a
-  previous version, e.g. cost.json when a finished run is written again)."""
-  tmp = path.parent / f".{path.name}.tmp-{suffix}"
-  tmp.write_bytes(data)
-  tmp.replace(path)
 
 
 def metadata(spec: OfflineData, shapes: dict) -> dict:

@@ -10,13 +10,10 @@ reads them; a missing or incomplete set is an error that names this command.
 """
 import json
 
-import jax
 from etils import epath
 
-from training import offline, offline_source
-from training.checkpoint import workdir_path
-from training.method import get_method
-from training.pretrained import load_teacher
+from infra.checkpoint import workdir_path
+from training import offline_source
 
 
 def offline_dir(config, workdir) -> epath.Path:
@@ -27,27 +24,6 @@ def offline_dir(config, workdir) -> epath.Path:
 def pairs_command(workdir) -> str:
   return (f"python main.py --mode=pairs --workdir={workdir} <the same --config flags as the "
           f"training run>")
-
-
-def require_spec(method) -> offline.OfflineData:
-  spec = method.offline_data()
-  if spec is None:
-    raise ValueError(f"Method {method.config.method!r} trains on no offline data: "
-                     f"--mode=pairs is for methods such as denoising_student.")
-  return spec
-
-
-def write_offline_data(config, workdir, mesh=None) -> dict:
-  """`--mode=pairs`: write (or finish) the run's offline data; returns cost.json's dict."""
-  method = get_method(config)
-  spec = require_spec(method)
-  teacher = load_teacher(config, mesh) if method.needs_teacher else {}
-  directory = offline_dir(config, workdir)
-  cost = offline.write(spec, teacher, directory, label=f"{config.method} data")
-  if jax.process_index() == 0:
-    print(f"{directory}: {cost['rows']} rows, {cost['evaluations']:.0f} generator evaluations "
-          f"in {cost['seconds']:.1f} s ({cost['rows_per_second']:.1f} rows/s); cost.json written")
-  return cost
 
 
 def generation_cost(config, workdir):

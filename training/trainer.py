@@ -20,13 +20,14 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
-from eval.grid import make_grid, save_grid
-from training import checkpoint, data, offline_run
-from training.mesh import check_batch_size, make_mesh, replicated, shard_batch
+from infra import checkpoint
+from infra.grid import make_grid, save_grid
+from infra.mesh import check_batch_size, make_mesh, replicated, shard_batch
+from training import data, offline_run
 from training.method import get_method
 from training.optimizer import ema_decay, learning_rate, make_optimizer
-from training.state import TrainState
 from training.pretrained import load_teacher, run_end
+from training.state import TrainState
 
 
 class NonFiniteLossError(RuntimeError):
@@ -254,7 +255,7 @@ class Trainer:
     """sample.num_samples images of stage `index` (key PRNGKey(step)), on every host.
 
     Traced under the mesh, so the method's noise, and all it computes, is split over the
-    devices (training.mesh.constrain_batch); the result is gathered to numpy.
+    devices (infra.mesh.constrain_batch); the result is gathered to numpy.
     """
     with jax.set_mesh(self.mesh):
       images = self.sample_fn(self.params_for_sampling(), jax.random.PRNGKey(step),

@@ -10,13 +10,13 @@ import numpy as np
 from absl import logging
 
 from eval.generate import generate
-from eval.grid import save_grid
-from eval.npz_tree import write_npz
-from training import checkpoint
-from training.checkpoint import read_config
-from training.mesh import make_mesh
+from infra import checkpoint
+from infra.checkpoint import read_config
+from infra.grid import save_grid
+from infra.mesh import make_mesh
+from infra.npz_tree import write_npz
+from infra.params import load_params
 from training.method import get_method
-from training.pretrained import load_params
 
 
 def saved_run_config(workdir: str, sample_config) -> ml_collections.ConfigDict:

@@ -22,11 +22,11 @@ import jax
 from absl import logging
 from etils import epath
 
+from commands.pairs import write_offline_data
 from eval import inception, quality
 from eval.report import model_entries, report_options, write_report
-from training import checkpoint
+from infra import checkpoint
 from training.method import get_method
-from training.offline_run import write_offline_data
 from training.pretrained import run_end
 from training.trainer import Preemption, StoppedEarly, train
 

@@ -20,7 +20,7 @@ from absl import logging
 from clu import metric_writers
 
 from eval import quality, quality_table, sample_programs
-from training import checkpoint
+from infra import checkpoint
 
 DESCRIPTIVE = ("model", "workdir", "checkpoint_step", "params", "sampler", "steps",
                "guidance_weight", "num_samples", "grid", "reference_images")
