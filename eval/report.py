@@ -9,6 +9,8 @@ and fidelity is against the teacher's reference samples. Writes to out_dir:
   report.md            the table (steps, NFE, wall time per image, FD-<dataset>, PSNR, ...)
   report.json          the rows and the settings
   quality_vs_steps.png each metric against NFE (log2 axis), one line per model
+  quality_vs_cost.png  FD / FID against each part's training seconds, a point per row
+                       (pipeline reports, whose rows carry their part's training cost)
   grids/<row>.png      the first 64 samples of each row
 out_dir may be a bucket (any etils.epath path). The header names the dataset split of the
 FD / FID reference statistics and its number of images.
@@ -97,6 +99,29 @@ def model_entries(workdir: str, name: str, steps=(), samplers=("ddim",), weights
   return [e for e in entries if not max_nfe or SAMPLERS[e.sampler].nfe(e.num_steps) <= max_nfe]
 
 
+def _metric_axis(ax, metric: str):
+  """FD / FID on a log scale with plain tick labels; the metric's name on the y axis."""
+  if metric.startswith(("FD-", "FID")):
+    ax.set_yscale("log")
+    for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+      axis_format(matplotlib.ticker.FormatStrFormatter("%g"))
+  ax.set_ylabel(quality_table.HEADERS.get(metric, metric))
+  ax.grid(True, alpha=0.3)
+
+
+def _save(fig, path: str) -> str:
+  fig.tight_layout()
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
+  plt.close(fig)
+  epath.Path(path).write_bytes(png.getvalue())
+  return path
+
+
+def _colors(n: int):
+  return itertools.cycle(plt.get_cmap("tab10" if n <= 10 else "tab20").colors)
+
+
 def plot(rows, path: str) -> str:
   """One panel per metric (FD-<dataset> and FID on a log scale, fidelity PSNR; else the time
   per image) against network evaluations per sample (NFE), one line (and colour, up to 20) per
@@ -107,29 +132,54 @@ def plot(rows, path: str) -> str:
   lines = {}
   for row in rows:
     lines.setdefault((row["model"], row["sampler"], row["guidance_weight"]), []).append(row)
-  colors = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20").colors
   fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
   for ax, metric in zip(axes[0], metrics):
-    for color, ((model, sampler, w), line) in zip(itertools.cycle(colors), lines.items()):
+    for color, ((model, sampler, w), line) in zip(_colors(len(lines)), lines.items()):
       points = sorted((r["nfe"], r.get(metric, np.nan)) for r in line)
       x, y = zip(*[(n, v if np.isfinite(v) else np.nan) for n, v in points])
       ax.plot(x, y, marker="o", color=color,
               label=f"{model} ({sampler}" + (f", w={w:g})" if w else ")"))
     ax.set_xscale("log", base=2)
-    if metric.startswith(("FD-", "FID")):
-      ax.set_yscale("log")
-      for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-        axis_format(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_xlabel("network evaluations per sample (NFE)")
-    ax.set_ylabel(quality_table.HEADERS.get(metric, metric))
-    ax.grid(True, alpha=0.3)
+    _metric_axis(ax, metric)
   axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))   # beside, not over, data
-  fig.tight_layout()
-  png = io.BytesIO()
-  fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
-  plt.close(fig)
-  epath.Path(path).write_bytes(png.getvalue())
-  return path
+  return _save(fig, path)
+
+
+def cost_points(rows, metric: str, cost: str) -> dict:
+  """{model: [(cost, metric, NFE), ...]}: the rows that have a positive `cost` and a finite
+  `metric`, in row order."""
+  points = {}
+  for r in rows:
+    if r.get(cost) and np.isfinite(r.get(metric, np.nan)):
+      points.setdefault(r["model"], []).append((r[cost], r[metric], r["nfe"]))
+  return points
+
+
+def plot_cost(rows, path: str, cost: str = "train_seconds") -> Optional[str]:
+  """Quality against training cost: one panel per FD-<dataset> / FID column, a point per row
+  (`cost_points`) at x = its part's `cost` (log axis; default the wall-clock seconds of the
+  part's own training, a distillation's teacher not included), a colour per model, each point
+  labelled with its NFE. None (nothing written) when no row has both `cost` and such a metric."""
+  metrics = [k for k in quality_table.table_columns(rows) if k.startswith(("FD-", "FID"))]
+  panels = {m: cost_points(rows, m, cost) for m in metrics}
+  if not any(panels.values()):
+    return None
+  models = list(dict.fromkeys(m for points in panels.values() for m in points))
+  fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+  for ax, (metric, points) in zip(axes[0], panels.items()):
+    for color, model in zip(_colors(len(models)), models):
+      for i, (x, y, nfe) in enumerate(points.get(model, ())):
+        ax.scatter(x, y, color=color, label=None if i else model)
+        ax.annotate(f"{nfe:g}", (x, y), textcoords="offset points", xytext=(4, 2),
+                    fontsize=7, color=color)
+    ax.set_xscale("log")
+    for axis_format in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+      axis_format(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.set_xlabel(f"training cost: {quality_table.HEADERS.get(cost, cost)} (labels: NFE)")
+    _metric_axis(ax, metric)
+  axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+  return _save(fig, path)
 
 
 def reference_statistics(rows, split: str) -> str:
@@ -141,8 +191,9 @@ def reference_statistics(rows, split: str) -> str:
   return f"the {split} split ({' / '.join(str(n) for n in counts)} images)"
 
 
-def markdown(rows, title: str, settings: dict, out_dir: str, plot_name: str) -> str:
-  """The report: settings, the table, the plot and links to the sample grids."""
+def markdown(rows, title: str, settings: dict, out_dir: str, plot_name: str,
+             cost_plot_name: Optional[str] = None) -> str:
+  """The report: settings, the table, the plots and links to the sample grids."""
   grids = "\n".join(f"- [{quality_table.row_name(r)}]({os.path.relpath(r['grid'], out_dir)})"
                     for r in rows if "grid" in r)
   header = "\n".join(f"- {k}: {v}" for k, v in settings.items())
@@ -153,6 +204,7 @@ def markdown(rows, title: str, settings: dict, out_dir: str, plot_name: str) -> 
           f"row's reference model's reference_steps-step DDIM samples; NFE = network "
           f"evaluations per sample; s/image after compilation.\n\n{header}\n\n"
           f"{quality_table.format_table(rows)}\n\n![quality vs steps]({plot_name})\n\n"
+          + (f"![quality vs training cost]({cost_plot_name})\n\n" if cost_plot_name else "") +
           f"Sample grids:\n{grids}\n")
 
 
@@ -166,11 +218,13 @@ def write_report(rows, options: quality.Options, out_dir: str, title: str,
   directory = epath.Path(out_dir)
   directory.mkdir(parents=True, exist_ok=True)
   plot(rows, directory / "quality_vs_steps.png")
+  cost_plot = plot_cost(rows, directory / "quality_vs_cost.png")
   (directory / "report.json").write_text(json.dumps(
       dict(extra, title=title, settings=settings, options=dataclasses.asdict(options),
            rows=rows), indent=1))
   (directory / "report.md").write_text(
-      markdown(rows, title, settings, out_dir, "quality_vs_steps.png"))
+      markdown(rows, title, settings, out_dir, "quality_vs_steps.png",
+               "quality_vs_cost.png" if cost_plot else None))
 
 
 def report_options(out_dir: str, num_samples: int = 500, batch_size: int = 250,

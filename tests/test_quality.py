@@ -14,7 +14,7 @@ from PIL import Image
 from commands.evaluate import evaluate_workdir
 from configs.base import base_config
 from configs.progressive import distill_config
-from eval import classifier, quality, quality_features, reference, sample_programs
+from eval import classifier, quality, quality_features, reference, report, sample_programs
 from eval.report import quality_report
 from infra.mesh import make_mesh
 from tests.tiny_config import tiny_teacher_config
@@ -198,16 +198,38 @@ def test_report(teacher, student, classifier_dir, mesh, tmp_path):
   assert all(math.isfinite(r["FD-digits"]) for r in rows)
   assert all(math.isfinite(r["fidelity_psnr"]) for r in rows[:2] + rows[3:])
   with open(os.path.join(out, "report.json")) as f:
-    report = json.load(f)
-  assert report["rows"] == json.loads(json.dumps(rows))
+    saved = json.load(f)
+  assert saved["rows"] == json.loads(json.dumps(rows))
   with open(os.path.join(out, "report.md")) as f:
     markdown = f.read()
   assert markdown.count(f"| {name} |") == 2 and "quality_vs_steps.png" in markdown
   with Image.open(os.path.join(out, "quality_vs_steps.png")) as plot:
     assert plot.format == "PNG" and plot.size[0] > plot.size[1] > 100
+  # No row has a training cost (no pipeline): no cost figure, and none linked.
+  assert not os.path.exists(os.path.join(out, "quality_vs_cost.png"))
+  assert "quality_vs_cost" not in markdown
   for row in rows:
     with Image.open(row["grid"]) as grid:
       assert grid.format == "PNG"
+
+
+def test_quality_vs_cost_figure(tmp_path):
+  """A point per row with a training cost and a finite FD, grouped by model; the figure and
+  its link are written only when such rows exist."""
+  row = lambda model, nfe, fd, seconds: dict(
+      model=model, checkpoint_step=1, sampler="ddim", steps=nfe, guidance_weight=0.0, nfe=nfe,
+      seconds_per_image=0.1, **{"FD-digits": fd}, **({"train_seconds": seconds} if seconds else {}))
+  rows = [row("teacher", 128, 11.5, 300.0), row("teacher", 1, 786.0, 300.0),
+          row("sid", 1, 14.0, 120.0), row("sid", 1, math.nan, 120.0), row("ref", 4, 9.0, None)]
+  assert report.cost_points(rows, "FD-digits", "train_seconds") == {
+      "teacher": [(300.0, 11.5, 128), (300.0, 786.0, 1)], "sid": [(120.0, 14.0, 1)]}
+  out = tmp_path / "with_cost"
+  report.write_report(rows, options(None), str(out), "t")
+  assert "![quality vs training cost](quality_vs_cost.png)" in (out / "report.md").read_text()
+  with Image.open(out / "quality_vs_cost.png") as plot:
+    assert plot.format == "PNG" and plot.size[0] > plot.size[1] > 100
+  assert report.plot_cost(rows[-1:], str(tmp_path / "none.png")) is None
+  assert not (tmp_path / "none.png").exists()
 
 
 def test_saved_rows_are_reused_and_only_with_the_same_options(teacher, classifier_dir, mesh,
