@@ -14,8 +14,11 @@ No dataset is opened (the data section only gives the image shape). The `boot` s
   schedule          the grid size N of each stage ('64', or a curriculum '16,32,64'):
                     t on t_i = i/N and s = t - 1/N;
   steps_per_stage   updates per stage;
-  time_sampling     'grid' (t = i/N) or 'continuous' (t ~ U[1/N, 1]);
-  weighting         of L_BS: 'inverse_delta_sq' (1/delta^2, the paper's) or 'constant';
+  time_sampling     'grid' (t = i/N) or 'continuous' (t ~ U[0, 1], s = max(t - 1/N, 0));
+  weighting         of L_BS per example: 'constant' (the paper's: it divides by the square of
+                    its fixed time step, the same for every example) or 'inverse_delta_sq'
+                    (1/delta^2 of the signal-space step: the s = 0 term, the sampled output's,
+                    gets ~1e-5 of the weight on the cosine schedule);
   lambda_bc         weight of the boundary loss at t = 1;
   guidance_weight   the teacher's fixed w for a class-conditional student without w-embedding;
   w_min, w_max      w ~ U[w_min, w_max] per example for a w-conditioned student
@@ -36,7 +39,7 @@ def boot_config(c, schedule, steps_per_stage, lr, ema_decay=0.999, fidelity_samp
   c.method = "boot"
   c.boot = ml_collections.ConfigDict(dict(
       schedule=schedule, steps_per_stage=steps_per_stage, time_sampling="grid",
-      weighting="inverse_delta_sq", lambda_bc=1.0, guidance_weight=0.0, w_min=0.0, w_max=4.0,
+      weighting="constant", lambda_bc=1.0, guidance_weight=0.0, w_min=0.0, w_max=4.0,
       fidelity_samples=fidelity_samples))
   c.model.dropout = 0.0
   c.optim.update(lr=lr, warmup_steps=0, schedule="linear", grad_clip=1.0, ema_decay=ema_decay)
