@@ -15,8 +15,8 @@ No dataset is opened (the data section only gives the image shape). The `boot` s
                     t on t_i = i/N and s = t - 1/N;
   steps_per_stage   updates per stage;
   time_sampling     'grid' (t = i/N) or 'continuous' (t ~ U[0, 1], s = max(t - 1/N, 0));
-  weighting         of L_BS per example: 'constant' (the paper's: it divides by the square of
-                    its fixed time step, the same for every example) or 'inverse_delta_sq'
+  weighting         of L_BS per example: 'constant' (the paper's 1/delta^2 read with delta its
+                    fixed time step, the same for every example) or 'inverse_delta_sq'
                     (1/delta^2 of the signal-space step: the s = 0 term, the sampled output's,
                     gets ~1e-5 of the weight on the cosine schedule);
   lambda_bc         weight of the boundary loss at t = 1;

@@ -87,12 +87,15 @@ def bootstrap_loss(student, params, teacher, teacher_params, eps, cond, t, s, pr
     L_BS = w ||g(eps, s) - SG[y_t + delta (f_T(alpha_t y_t + sigma_t eps, t) - y_t)]||^2,
     y_t = SG(g(eps, t)),   L_BC = ||g(eps, 1) - f_T(eps, 1)||^2.
 
-  Weighting w: the paper divides by the square of its step size, the fixed TIME step t - s
-  (a finite difference of the Signal-ODE dy/dt = -lambda'_t (f_T - y)): the same for every
-  example, so 'constant' (w = 1; the scale 1/Delta^2 is dropped, lambda_BC is relative to the
-  unscaled L_BS) is the paper's. Each grid interval then weighs 1/N, the s = 0 one (the
-  sampled output's) included. 'inverse_delta_sq' (w = 1/delta^2 of the signal-space step)
-  is an option: on the cosine schedule it gives the s = 0 term ~1e-5 of the total weight.
+  Weighting w: the paper's Eq. 7 divides by the square of its step delta; read as its fixed,
+  hand-chosen TIME step t - s (a finite difference of the Signal-ODE dy/dt = -lambda'_t (f_T -
+  y)), that is the same for every example: 'constant' (w = 1, the default; the scale 1/Delta^2
+  is dropped, so lambda_BC is relative to the unscaled L_BS). Each grid interval then weighs
+  1/N, the s = 0 one (the sampled output's) included. 'inverse_delta_sq' (w = 1/delta^2 of the
+  signal-space step, as one public re-implementation reads it: OFTSR's 'boot' loss) is kept as
+  an option: on the cosine schedule it gives the s = 0 term ~1e-5 of the total weight, and on
+  the Gaussian v-network test it left g(eps, 0) 0.027 RMS from the 16-step DDIM sample
+  against 0.0082 with 'constant'.
   Time sampling: the paper's t ~ U[Delta, 1], s = t - Delta, reaches s = 0 with probability
   0; here 'grid' (t_i = i/N, the default) and 'continuous' (s clipped at 0) both train s = 0
   in a 1/N share. L_BC runs on every example: on the Gaussian v-network of
