@@ -23,6 +23,7 @@ import os
 import jax
 from absl import app, flags
 
+import distillation  # noqa: F401  (registers the methods the students' configs name)
 from eval import quality_table
 from eval.report import merge_reports, quality_report
 

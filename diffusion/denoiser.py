@@ -10,14 +10,17 @@ import jax
 import jax.numpy as jnp
 
 from diffusion.parameterization import (Prediction, check_supported, get_parameterization,
-                                        per_leaf_prediction)
+                                        per_leaf_prediction, signal_reading)
 
 Denoiser = Callable[..., Prediction]
 
 
-def make_denoiser(apply_fn: Callable, process, parameterization: str) -> Denoiser:
+def make_denoiser(apply_fn: Callable, process, parameterization: str, *,
+                  signal: bool = False) -> Denoiser:
   """Wrap a network `apply_fn(params, z, network_time, label, w, rng) -> o` as a Denoiser;
   refuses a parameterization that cannot work on `process` (check_supported).
+  `signal`: the network is a BOOT student (z = the noise eps at every t), its output read by
+  `signal_reading(parameterization)`: Prediction(x = the signal g(eps, t), eps = eps).
 
   Nested z (a network over several resolutions, e.g. the NestedUNet): `process` is a pytree
   of processes like z and o, one per resolution; each leaf gets its own process's
@@ -28,7 +31,7 @@ def make_denoiser(apply_fn: Callable, process, parameterization: str) -> Denoise
   processes = jax.tree.leaves(process)
   for p in processes:
     check_supported(parameterization, p)
-  to_prediction = get_parameterization(parameterization)
+  to_prediction = (signal_reading if signal else get_parameterization)(parameterization)
 
   def denoise(params, z, t, cond: Optional[dict] = None, *, rng=None) -> Prediction:
     """`rng` (optional) turns on training mode (dropout) for this call."""

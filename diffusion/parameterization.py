@@ -5,7 +5,8 @@ A parameterization registered with `needs_flow` works on that kind of process on
 `check_supported` (called when a Denoiser is built) refuses the other pairs with the reason:
 on the linear flow, eps divides by alpha = 1 - t (NaN at t = 1) and x by sigma = t (NaN at
 t = 0); v is defined for variance-preserving processes; velocity u = eps - x = dz/dt is the
-flow's. `signal` and any parameterization registered without `needs_flow` work on any process.
+flow's. Any parameterization registered without `needs_flow` works on any process.
+`signal_reading` turns a parameterization into BOOT's reading of a student that sees only noise.
 """
 from typing import NamedTuple
 
@@ -109,13 +110,29 @@ def from_velocity(o, z, t, process) -> Prediction:
   return Prediction(x=z - t * o, eps=z + (1.0 - t) * o)
 
 
-@register("signal")
-def from_signal(o, z, t, process) -> Prediction:
-  """BOOT's student g(eps, t): its z slot holds the noise eps (not z_t) and it predicts the
-  signal y_t = (z_t - sigma_t eps) / alpha_t of the DDIM trajectory from z_1 = eps:
-  x_hat = o, eps_hat = z. Any process; ddim_step(pred, alpha_t, sigma_t) is then z_t."""
-  del t, process
-  return Prediction(x=o, eps=z)
+def signal_reading(name: str):
+  """BOOT's reading of a student output o (DESIGN.md 5.5): fn(o, z, t, process) -> Prediction.
+
+  The student's z slot holds the noise eps = z_1, whatever its time input t, so o is read
+  through parameterization `name` at the time of what is in that slot, t = 1: x_hat =
+  from_<name>(o, eps, 1).x (v: alpha_1 eps - sigma_1 o; x: o; velocity: eps - o), eps_hat = eps.
+  A student copied from a `name` teacher then starts with g(eps, 1) = f_T(eps, 1) exactly.
+  Read at t instead (v: alpha_t eps - sigma_t o), g(eps, 0) = eps - sigma_0 o would be the noise
+  itself up to sigma_0 ~ 4.5e-5 (cosine), i.e. no output could reach the sample. eps is refused:
+  its x at t = 1 is (eps - sigma_1 o) / alpha_1, a division by alpha_1 ~ 4.5e-5."""
+  if name == "eps":
+    raise ValueError(
+        "BOOT reads its student's output through the teacher's parameterization at t = 1 with "
+        "eps in the z slot; for an eps-parameterised teacher that is x = (eps - sigma_1 o) / "
+        "alpha_1, a division by alpha_1 (4.5e-5 on the cosine schedule), so it cannot start as "
+        "its teacher. Distil a v-, x- or velocity-parameterised teacher "
+        "(diffusion.parameterization).")
+  read = get_parameterization(name)
+
+  def from_signal(o, z, t, process) -> Prediction:
+    return Prediction(x=read(o, z, jnp.ones_like(t), process).x, eps=z)
+
+  return from_signal
 
 
 def v_target(x, eps, t, process):

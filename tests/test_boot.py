@@ -38,9 +38,11 @@ MEAN, VAR = np.array([0.5, -0.3], np.float32), np.array([0.25, 0.04], np.float32
 PROCESSES = {"cosine": CosineVP(), "flow": LinearFlow()}
 
 
-def mlp_student(num_classes=0, guidance=False, process=CosineVP(), hidden=64):
-  network = MLP(hidden=hidden, depth=2, num_classes=num_classes, guidance=guidance)
-  return network, make_denoiser(model_apply_fn(network), process, "signal")
+def mlp_student(process=CosineVP(), hidden=64):
+  """A BOOT student MLP read as the signal g = o (the x reading; velocity: g = eps - o)."""
+  network = MLP(hidden=hidden, depth=2)
+  reading = "velocity" if process.is_flow else "x"
+  return network, make_denoiser(model_apply_fn(network), process, reading, signal=True)
 
 
 def grid_times(rng, batch, n):
@@ -159,71 +161,6 @@ def test_fixed_point_of_the_recursion_is_the_ddim_sample(name):
   assert float(jnp.min(total)) > 1e-3
 
 
-def train_on_analytic(student, params, teacher, conditioning, process, n, steps, lr=3e-3,
-                      batch=256):
-  """Adam on the BOOT loss with the analytic teacher (grid t, 1/delta^2, lambda_bc = 1)."""
-  tx = optax.chain(optax.clip_by_global_norm(1.0),
-                   optax.adam(optax.linear_schedule(lr, 0.0, steps)))
-  f_teacher = conditioning.teacher(teacher)
-
-  @jax.jit
-  def update(params, opt_state, rng):
-    def loss(p):
-      cond_rng, time_rng, eps_rng = jax.random.split(rng, 3)
-      t, s = grid_times(time_rng, batch, n)
-      eps = jax.random.normal(eps_rng, (batch, 2))
-      cond = conditioning.draw(cond_rng, batch)
-      return jnp.mean(boot.bootstrap_loss(student, p, f_teacher, None, eps, cond, t, s,
-                                          process)[0])
-    grads = jax.grad(loss)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
-  opt_state = tx.init(params)
-  for i in range(steps):
-    params, opt_state = update(params, opt_state, jax.random.key(1000 + i))
-  return params
-
-
-def rms(a, b):
-  return float(jnp.sqrt(jnp.mean(jnp.square(a - b))))
-
-
-def test_student_trained_on_gaussian_teacher_approaches_the_flow_map():
-  """N = 32, 1500 updates: g(eps, 0) within 0.01 RMS of the 32-step DDIM sample (the fixed
-  point) and 0.035 of the exact probability-flow map (DDIM's own error there is ~0.02)."""
-  process, n = CosineVP(), 32
-  network, student = mlp_student(process=process)
-  teacher = analytic_denoiser(gaussian(MEAN, VAR), process)
-  params = train_on_analytic(student, init_params(network, jax.random.key(0), (2,)), teacher,
-                             DataFreeConditioning(), process, n, steps=1500)
-  eps = jax.random.normal(jax.random.key(9), (2000, 2))
-  exact = gaussian_flow_map(MEAN, VAR, process, eps, 1.0, 0.0)
-  ddim = get_sampler("ddim")(teacher, None, eps, process=process, num_steps=n)
-  one_step = student(params, eps, jnp.zeros(2000)).x
-  assert rms(exact, eps * np.sqrt(VAR) + MEAN) < 1e-3    # the map: x = mu + s eps here
-  assert rms(one_step, ddim) < 0.01
-  assert rms(one_step, exact) < 0.035
-  assert rms(student(init_params(network, jax.random.key(0), (2,)), eps, jnp.zeros(2000)).x,
-             exact) > 0.3
-
-
-def test_class_conditional_student_at_w0_gives_each_class_map():
-  """A student of the class-conditional mixture teacher at fixed w = 0 (labels drawn uniformly
-  in the loss) maps eps with label c to class c's own flow map (one Gaussian per class)."""
-  process, n = CosineVP(), 16
-  network, student = mlp_student(num_classes=3, process=process)
-  conditioning = DataFreeConditioning(num_classes=3)
-  params = train_on_analytic(student, init_params(network, jax.random.key(1), (2,)),
-                             analytic_denoiser(MIXTURE, process), conditioning, process, n,
-                             steps=2000)
-  eps = jax.random.normal(jax.random.key(10), (1000, 2))
-  for c in range(3):
-    exact = gaussian_flow_map(MIXTURE.means[c], MIXTURE.variances[c], process, eps, 1.0, 0.0)
-    label = jnp.full((1000,), c, jnp.int32)
-    assert rms(student(params, eps, jnp.zeros(1000), {"label": label}).x, exact) < 0.05, c
-
-
 def test_guided_teacher_is_the_cfg_combination():
   """f_T = (1 + w) x_c - w x_u: per example for a w-conditioned student, at the fixed w
   otherwise, the conditional model alone at w = 0; labels uniform over the real classes."""
@@ -308,9 +245,20 @@ def test_student_starts_as_the_teacher_with_a_zero_w_embedding(teacher_dir, tmp_
   for w in (None, jnp.full((4,), 2.5)):
     np.testing.assert_allclose(raw(method.network, student, w),
                                raw(method.teacher_network, teacher, None), rtol=1e-6, atol=1e-7)
-  # The signal parameterization reads that output as y, with eps = the z slot.
-  pred = method.denoise(student, z, t, {"label": label, "w": jnp.zeros(4)})
+  # The output o is read through the teacher's v at t = 1 with eps = the z slot: g = alpha_1
+  # eps - sigma_1 o at every t (lambda_1 = -20, alpha_1^2 = sigmoid(-20)); at t = 1 that is the
+  # teacher's own x-prediction f_T(eps, 1).
+  cond = {"label": label, "w": jnp.zeros(4)}
+  pred = method.denoise(student, z, t, cond)
   np.testing.assert_array_equal(pred.eps, z)
+  alpha_1, sigma_1 = np.sqrt(1 / (1 + np.exp(20.0))), np.sqrt(1 / (1 + np.exp(-20.0)))
+  o = method.network.apply({"params": student}, z, method.process.network_time(t), label=label,
+                           w=cond["w"])
+  np.testing.assert_allclose(pred.x, alpha_1 * z - sigma_1 * o, rtol=1e-6, atol=1e-6)
+  ones = jnp.ones(4)
+  np.testing.assert_allclose(method.denoise(student, z, ones, cond).x,
+                             method.teacher_denoise(teacher, z, ones, {"label": label}).x,
+                             rtol=1e-6, atol=1e-6)
 
 
 def test_no_dataset_resume_is_bit_exact_one_compiled_step(full_run, teacher_dir, tmp_path):
@@ -352,9 +300,10 @@ def test_sample_is_one_student_call_on_the_shared_noise(teacher_dir, tmp_path):
   images = method.sample(params, rng, 6, {"num_steps": 1})
   eps = jax.random.normal(jax.random.split(rng)[0], (6, 8, 8, 1))
   cond = {"label": jnp.arange(6), "w": jnp.full((6,), 1.5)}
-  np.testing.assert_array_equal(images, method.network.apply(
-      {"params": params}, eps, method.process.network_time(jnp.zeros(6)), label=cond["label"],
-      w=cond["w"]))
+  o = method.network.apply({"params": params}, eps, method.process.network_time(jnp.zeros(6)),
+                           label=cond["label"], w=cond["w"])
+  alpha_1, sigma_1 = np.sqrt(1 / (1 + np.exp(20.0))), np.sqrt(1 / (1 + np.exp(-20.0)))
+  np.testing.assert_allclose(images, alpha_1 * eps - sigma_1 * o, rtol=1e-6, atol=1e-6)
   assert float(jnp.max(jnp.abs(images))) > 1.0
   config.sample.clip_x = True
   np.testing.assert_array_equal(get_method(config).sample(params, rng, 6, {"num_steps": 1}),
@@ -377,3 +326,34 @@ def test_config_errors_name_the_fix(tmp_path):
   config.boot.time_sampling = "log"
   with pytest.raises(Exception, match="log"):
     get_method(config)
+
+
+def test_eps_teacher_is_refused_with_the_reason():
+  """An eps teacher's x at t = 1 divides by alpha_1: BOOT refuses it and names the fix."""
+  config = boot_config(tiny_teacher_config(**{"diffusion.parameterization": "eps"}), "4",
+                       steps_per_stage=3, lr=1e-3)
+  with pytest.raises(ValueError, match="eps-parameterised teacher.*alpha_1.*v-, x- or velocity"):
+    get_method(config)
+
+
+@pytest.mark.parametrize("sampling", ["grid", "continuous"])
+@pytest.mark.parametrize("n", [8, 32, 128])
+def test_the_sampled_output_keeps_its_share_of_the_default_weight(sampling, n):
+  """Under the preset default weighting the s = 0 examples (the only ones that train g(eps, 0),
+  the sample) carry >= 0.8/N of the total L_BS weight in expectation; the signal-space
+  1/delta^2 would leave them < 1/(4N) of it (0.024 at N = 8, ~1e-5 at N = 128). delta = 1 - alpha_t sigma_s / (sigma_t alpha_s)
+  is written out with the cosine schedule's alpha / sigma = 1 / tan(a t + b)."""
+  weighting = boot_config(tiny_teacher_config(), "4", steps_per_stage=3, lr=1e-3).boot.weighting
+  keys = jax.random.split(jax.random.key(n), 200_000)
+  t, s = per_example(keys, lambda key: boot.TIME_SAMPLERS[sampling](key, n))
+  t, s = np.asarray(t, np.float64), np.asarray(s, np.float64)
+  at_zero = s == 0
+  assert abs(at_zero.mean() - 1 / n) < 0.1 / n
+  b = np.arctan(np.exp(-10.0))
+  a = np.arctan(np.exp(10.0)) - b
+  alpha_over_sigma = lambda u: 1 / np.tan(a * u + b)       # exp(lambda / 2), lambda in [-20, 20]
+  delta = np.where(at_zero, 1.0, 1.0 - alpha_over_sigma(t) / alpha_over_sigma(s))
+  weights = np.asarray(boot.DELTA_WEIGHTINGS[weighting](jnp.asarray(delta, jnp.float32)))
+  assert weights[at_zero].sum() / weights.sum() >= 0.8 / n
+  inverse = 1 / np.square(delta)
+  assert inverse[at_zero].sum() / inverse.sum() < 0.25 / n
