@@ -2,9 +2,10 @@
 trained with diffusers (google/ddpm-*) is distilled like one trained here.
 
 Its time input is diffusers' timestep (the DDPM process's `network_time`); labels feed
-its class embedding (`num_class_embeds`). Settings come from the checkpoint's config.json
+its class embedding (config.json's `num_class_embeds`, here `num_classes`). Settings come from the checkpoint's config.json
 (`model_settings`), which refuses what this port does not cover, naming the key.
 """
+import dataclasses
 import math
 from typing import Optional, Sequence
 
@@ -30,7 +31,7 @@ FIELDS = {"sample_size": None, "in_channels": "in_channels", "out_channels": "ou
           "attention_head_dim": "attention_head_dim", "norm_num_groups": "norm_num_groups",
           "attn_norm_num_groups": "attn_norm_num_groups", "norm_eps": "norm_eps",
           "resnet_time_scale_shift": "resnet_time_scale_shift", "add_attention": "add_attention",
-          "num_class_embeds": "num_class_embeds"}
+          "num_class_embeds": "num_classes"}
 
 
 def timestep_features(timesteps, dim: int, flip_sin_to_cos: bool, freq_shift: float,
@@ -65,7 +66,7 @@ class DiffusersUNet(nn.Module):
   norm_eps: float = 1e-5
   resnet_time_scale_shift: str = "default"
   add_attention: bool = True
-  num_class_embeds: int = 0
+  num_classes: int = 0     # config.json num_class_embeds (no null class: labels 0..n-1)
   guidance: bool = False   # the Denoiser interface's w-embedding: not part of UNet2DModel
 
   def setup(self):
@@ -75,7 +76,7 @@ class DiffusersUNet(nn.Module):
 
   @nn.compact
   def __call__(self, z, time, label=None, w=None, train: bool = False):
-    """`label`: class labels (B,) when num_class_embeds > 0 (None adds no class embedding);
+    """`label`: class labels (B,) when num_classes > 0 (None adds no class embedding);
     `w` is ignored (no guidance embedding)."""
     del w
     chans = list(self.block_out_channels)
@@ -84,8 +85,8 @@ class DiffusersUNet(nn.Module):
     features = timestep_features(jnp.broadcast_to(time, z.shape[:1]), chans[0],
                                  self.flip_sin_to_cos, self.freq_shift)
     emb = TimestepEmbedding(4 * chans[0], name="time_embedding")(features)
-    if self.num_class_embeds:
-      table = nn.Embed(self.num_class_embeds, 4 * chans[0], name="class_embedding")
+    if self.num_classes:
+      table = nn.Embed(self.num_classes, 4 * chans[0], name="class_embedding")
       if label is not None:
         emb = emb + table(label)
       elif self.is_initializing():   # the table exists even when init sees no labels
@@ -130,11 +131,13 @@ def model_settings(unet_config: dict) -> dict:
       if kind not in known:
         raise ValueError(f"config.json: {key} has the block type {kind!r}, which this import "
                          f"does not implement; it knows {sorted(known)}.")
-  settings = {field: unet_config[key] for key, field in FIELDS.items()
-              if field and key in unet_config}
-  settings["num_class_embeds"] = settings.get("num_class_embeds") or 0
+  settings = {f.name: f.default for f in dataclasses.fields(DiffusersUNet)
+              if f.name not in ("parent", "name")}   # every field, so the saved config says all
+  settings.update({field: unet_config[key] for key, field in FIELDS.items()
+                   if field and key in unet_config})
+  settings["num_classes"] = settings["num_classes"] or 0
   for key in ("down_block_types", "up_block_types", "block_out_channels"):
-    settings[key] = tuple(settings.get(key, getattr(DiffusersUNet, key)))
+    settings[key] = tuple(settings[key])
   if not len(settings["down_block_types"]) == len(settings["up_block_types"]) == len(
       settings["block_out_channels"]):
     raise ValueError("config.json: down_block_types, up_block_types and block_out_channels "
