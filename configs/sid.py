@@ -10,7 +10,7 @@ configs/teacher.py:<the teacher column>>.
 | fashion_mnist | fashion_mnist             | 100k      | 256   | 1e-5           | 0.99964  | 0       |
 | cifar10       | cifar10                   | 1,953,125 | 256   | 1e-5           | 0.99964  | 0.13    |
 | imagenet64    | imagenet64 (1000 classes) | 122,070   | 8192  | 4e-6           | 0.99716  | 0.1     |
-| pretrained=<workdir> | imported (--mode=import) | 1,953,125 | 256 | 1e-5           | 0.99964  | 0       |
+| pretrained=<dir> | imported (--mode=import) | 1,953,125 | 256 | 1e-5        | 0.99964  | 0       |
 
 cifar10 and imagenet64 are the paper's runs (the code's run_sid.sh): 500 and 1000 million
 generated images, alpha 1.2, t_max 800/1000, init_sigma 2.5, Adam b1 = 0, b2 = 0.999 for
