@@ -42,9 +42,9 @@ def model_folder(source: str) -> epath.Path:
   for folder in (path, path / "unet"):
     if (folder / "config.json").exists():
       return folder
-  raise DiffusersImportError(f"No config.json in {path} (nor in {path / 'unet'}): --source must be a "
-                     f"diffusers UNet2DModel folder (what save_pretrained writes) or a pipeline "
-                     f"folder with unet/.")
+  raise DiffusersImportError(
+      f"No config.json in {path} (nor in {path / 'unet'}): --source must be a diffusers "
+      f"UNet2DModel folder (what save_pretrained writes) or a pipeline folder with unet/.")
 
 
 def read_json(path: epath.Path) -> dict:
@@ -61,9 +61,9 @@ def read_weights(folder: epath.Path) -> dict:
   if not path.exists():
     if (folder / "diffusion_pytorch_model.bin").exists():
       raise DiffusersImportError(
-          f"{folder} holds diffusion_pytorch_model.bin (a torch pickle), which this import does "
-          f"not read (unpickling runs code, and needs torch): convert it once where diffusers "
-          f"is installed: UNet2DModel.from_pretrained(folder).save_pretrained(folder, "
+          f"{folder} holds diffusion_pytorch_model.bin (a torch pickle), which this import "
+          f"does not read (unpickling runs code, and needs torch): convert it once where "
+          f"diffusers is installed: UNet2DModel.from_pretrained(folder).save_pretrained(folder, "
           f"safe_serialization=True), which writes {WEIGHTS}.")
     raise DiffusersImportError(f"No {WEIGHTS} in {folder}.")
   return load_file(os.fspath(path))
@@ -76,9 +76,9 @@ def scheduler_config(source: str, folder: epath.Path) -> dict:
   for place in places:
     if (place / "scheduler_config.json").exists():
       return read_json(place / "scheduler_config.json")
-  raise DiffusersImportError(f"No scheduler_config.json in {sorted(set(map(str, places)))}: the "
-                     f"scheduler sets the noise process; save the model's DDPMScheduler there "
-                     f"(scheduler.save_pretrained(folder)).")
+  raise DiffusersImportError(
+      f"No scheduler_config.json in {sorted(set(map(str, places)))}: the scheduler sets the "
+      f"noise process; save the model's DDPMScheduler there (scheduler.save_pretrained(folder)).")
 
 
 def diffusion_section(scheduler: dict) -> dict:
@@ -86,12 +86,12 @@ def diffusion_section(scheduler: dict) -> dict:
   of a diffusers scheduler config."""
   for key, value in SCHEDULER_FIXED.items():
     if scheduler.get(key, value) != value:
-      raise DiffusersImportError(f"scheduler_config.json: {key}={scheduler[key]!r} is not implemented "
-                         f"(only {value!r}).")
+      raise DiffusersImportError(f"scheduler_config.json: {key}={scheduler[key]!r} is not "
+                                 f"implemented (only {value!r}).")
   prediction = scheduler.get("prediction_type", "epsilon")
   if prediction not in PREDICTIONS:
-    raise DiffusersImportError(f"scheduler_config.json: prediction_type {prediction!r} is not one of "
-                       f"{sorted(PREDICTIONS)}.")
+    raise DiffusersImportError(f"scheduler_config.json: prediction_type {prediction!r} is not "
+                               f"one of {sorted(PREDICTIONS)}.")
   ddpm = dict(beta_schedule=scheduler.get("beta_schedule", "linear"),
               beta_start=float(scheduler.get("beta_start", 1e-4)),
               beta_end=float(scheduler.get("beta_end", 0.02)),
@@ -134,7 +134,8 @@ def import_teacher(source: str, config, workdir: str) -> ml_collections.ConfigDi
   except ValueError as e:
     raise DiffusersImportError(f"{folder}: {e}") from e
   if checkpoint.checkpoint_dir(workdir).exists():
-    raise DiffusersImportError(f"{checkpoint.checkpoint_dir(workdir)} exists: import into a new workdir.")
+    raise DiffusersImportError(f"{checkpoint.checkpoint_dir(workdir)} exists: import into a new "
+                               f"workdir.")
   network = build_network(c.model)
   like = jax.eval_shape(lambda: init_params(network, jax.random.PRNGKey(0), c.data.shape))
   params = params_from_state_dict(read_weights(folder), like)

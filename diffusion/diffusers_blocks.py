@@ -31,7 +31,8 @@ class TimestepEmbedding(nn.Module):
 
   @nn.compact
   def __call__(self, features):
-    return nn.Dense(self.dim, name="linear_2")(nn.silu(nn.Dense(self.dim, name="linear_1")(features)))
+    h = nn.silu(nn.Dense(self.dim, name="linear_1")(features))
+    return nn.Dense(self.dim, name="linear_2")(h)
 
 
 class ResnetBlock2D(nn.Module):

@@ -2,8 +2,9 @@
 trained with diffusers (google/ddpm-*) is distilled like one trained here.
 
 Its time input is diffusers' timestep (the DDPM process's `network_time`); labels feed
-its class embedding (config.json's `num_class_embeds`, here `num_classes`). Settings come from the checkpoint's config.json
-(`model_settings`), which refuses what this port does not cover, naming the key.
+its class embedding (config.json's `num_class_embeds`, here `num_classes`). Settings come from
+the checkpoint's config.json (`model_settings`), which refuses what this port does not cover,
+naming the key.
 """
 import dataclasses
 import math
@@ -21,12 +22,14 @@ UP_BLOCKS = {"UpBlock2D": False, "AttnUpBlock2D": True}
 FIXED = {"time_embedding_type": "positional", "act_fn": "silu", "mid_block_type": "UNetMidBlock2D",
          "downsample_type": "conv", "upsample_type": "conv", "class_embed_type": None,
          "time_embedding_dim": None}
-# config.json key -> this network's field (the keys read; the rest are ignored).
-FIELDS = {"sample_size": None, "in_channels": "in_channels", "out_channels": "out_channels",
+# config.json key -> this network's field (the keys read; the rest, e.g. sample_size, the
+# importer's data shape, are not the network's).
+FIELDS = {"in_channels": "in_channels", "out_channels": "out_channels",
           "center_input_sample": "center_input_sample", "freq_shift": "freq_shift",
           "flip_sin_to_cos": "flip_sin_to_cos", "down_block_types": "down_block_types",
           "up_block_types": "up_block_types", "block_out_channels": "block_out_channels",
-          "layers_per_block": "layers_per_block", "mid_block_scale_factor": "mid_block_scale_factor",
+          "layers_per_block": "layers_per_block",
+          "mid_block_scale_factor": "mid_block_scale_factor",
           "downsample_padding": "downsample_padding", "dropout": "dropout",
           "attention_head_dim": "attention_head_dim", "norm_num_groups": "norm_num_groups",
           "attn_norm_num_groups": "attn_norm_num_groups", "norm_eps": "norm_eps",
@@ -134,7 +137,7 @@ def model_settings(unet_config: dict) -> dict:
   settings = {f.name: f.default for f in dataclasses.fields(DiffusersUNet)
               if f.name not in ("parent", "name")}   # every field, so the saved config says all
   settings.update({field: unet_config[key] for key, field in FIELDS.items()
-                   if field and key in unet_config})
+                   if key in unet_config})
   settings["num_classes"] = settings["num_classes"] or 0
   for key in ("down_block_types", "up_block_types", "block_out_channels"):
     settings[key] = tuple(settings[key])

@@ -42,7 +42,6 @@ def params_from_state_dict(tensors: dict, like) -> dict:
   """The params tree shaped like `like` (the network's own, e.g. from jax.eval_shape) filled
   from `tensors`; a WeightMappingError names the first tensor with no place in the network,
   a shape mismatch (tensor, both shapes), or the parameters no tensor filled."""
-  like = jax.tree.map(lambda a: a, like)   # a mutable dict copy
   filled = {}
   for key in sorted(tensors):
     path, leaf = module_path(key)
