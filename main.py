@@ -33,6 +33,9 @@ flags.DEFINE_integer("num_processes", None, "With --distributed: the number of p
 flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
 flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/diffusion_distillation_jax"),
                     "Persistent XLA compilation cache directory ('' to disable).")
+flags.DEFINE_string("source", None,
+                    "--mode=import: a diffusers UNet2DModel folder (config.json, "
+                    "diffusion_pytorch_model.safetensors, scheduler_config.json).")
 flags.mark_flags_as_required(["workdir"])
 
 EXIT_STOPPED_EARLY = 75
@@ -92,12 +95,18 @@ def pipeline(config, workdir):
   run_pipeline(config, workdir)
 
 
+def import_diffusers(config, workdir):
+  from commands.import_diffusers import import_teacher
+  import_teacher(FLAGS.source, config, workdir)
+
+
 MODES = {"train": train, "sample": sample, "eval": evaluate, "pairs": pairs,
-         "pipeline": pipeline}
+         "pipeline": pipeline, "import": import_diffusers}
 flags.DEFINE_enum("mode", "train", list(MODES),
                   "What to do (pairs: write the offline teacher samples a method such as "
                   "denoising_student trains on, resumable; pipeline: teacher, distillation and "
-                  "report; use configs/pipeline.py).")
+                  "report; use configs/pipeline.py; import: a diffusers UNet2DModel teacher "
+                  "from --source into a new workdir).")
 
 FLAGS = flags.FLAGS
 

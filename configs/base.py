@@ -34,6 +34,10 @@ def base_config(dataset: str = "digits") -> ml_collections.ConfigDict:
   c.diffusion = ml_collections.ConfigDict(dict(
       process="cosine", parameterization="v", weighting="snr+1",
       logsnr_min=-20.0, logsnr_max=20.0, p_uncond=0.1))
+  # process='ddpm' (a discrete-time DDPM, e.g. an imported diffusers teacher; --mode=import sets
+  # it from the scheduler_config.json): its betas and number of steps T.
+  c.diffusion.ddpm = ml_collections.ConfigDict(dict(
+      beta_schedule="linear", beta_start=1e-4, beta_end=0.02, num_train_timesteps=1000))
 
   c.optim = ml_collections.ConfigDict(dict(
       lr=2e-3, warmup_steps=100, schedule="constant", grad_clip=1.0,

@@ -8,6 +8,10 @@
 | fashion_mnist | 256 -> 128, ..., 1       | 5k                  | 128   | 1e-4 |
 | cifar10       | 8192 -> 4096, ..., 1     | 50k                 | 128   | 5e-5 |
 | imagenet64    | 1024 -> 512, ..., 1      | 50k                 | 2048  | 1e-4 |
+| pretrained=<workdir> | 1024 -> 512, ..., 1 | 50k               | 128   | 5e-5 |
+
+pretrained=<workdir>: a teacher imported with --mode=import (configs/pretrained.py), with
+the CIFAR-10 preset's settings.
 
 Every preset: the teacher preset's network, dropout 0, no EMA (ema_decay 0), Adam with
 the learning rate annealed linearly to 0 within each halving, no warm-up, gradient
@@ -19,6 +23,7 @@ The `progressive_encoder` method (the distilled DDIM encoder) uses the same pres
 """
 import ml_collections
 
+from configs import pretrained as imported
 from configs import teacher
 from configs.base import select
 
@@ -76,5 +81,14 @@ PRESETS = {"digits": digits, "fashion_mnist": fashion_mnist, "fashion_mnist_cpu"
            "cifar10": cifar10, "imagenet64": imagenet64}
 
 
+def pretrained(workdir):
+  """A teacher imported from diffusers (--mode=import) into `workdir`."""
+  c = distill_config(imported.teacher(workdir), teacher_steps=1024, steps_per_stage=50_000,
+                     lr=5e-5)
+  c.batch_size = 128
+  return c
+
+
 def get_config(arg=None):
-  return select(PRESETS, arg, "progressive")
+  workdir = imported.workdir_of(arg)
+  return pretrained(workdir) if workdir else select(PRESETS, arg, "progressive")

@@ -10,6 +10,7 @@ configs/teacher.py:<the teacher column>>.
 | fashion_mnist | fashion_mnist             | 100k      | 256   | 1e-5           | 0.99964  | 0       |
 | cifar10       | cifar10                   | 1,953,125 | 256   | 1e-5           | 0.99964  | 0.13    |
 | imagenet64    | imagenet64 (1000 classes) | 122,070   | 8192  | 4e-6           | 0.99716  | 0.1     |
+| pretrained=<dir> | imported (--mode=import) | 1,953,125 | 256 | 1e-5        | 0.99964  | 0       |
 
 cifar10 and imagenet64 are the paper's runs (the code's run_sid.sh): 500 and 1000 million
 generated images, alpha 1.2, t_max 800/1000, init_sigma 2.5, Adam b1 = 0, b2 = 0.999 for
@@ -41,6 +42,7 @@ Generators sample in one step (sample.num_steps = 1).
 """
 import ml_collections
 
+from configs import pretrained as imported
 from configs import teacher
 from configs.base import select
 from configs.boot import guided_student
@@ -110,5 +112,13 @@ PRESETS = {"digits": digits, "digits_cond": digits_cond, "fashion_mnist": fashio
            "fashion_mnist_cpu": fashion_mnist_cpu, "cifar10": cifar10, "imagenet64": imagenet64}
 
 
+def pretrained(workdir):
+  """A teacher imported from diffusers (--mode=import) into `workdir`: the cifar10 settings,
+  without dropout (the imported network's own setting is kept at 0)."""
+  return sid_config(imported.teacher(workdir), num_updates=500_000_000 // 256, lr=1e-5,
+                    batch_size=256, ema_decay=ema_decay(256, 500_000))
+
+
 def get_config(arg=None):
-  return select(PRESETS, arg, "sid")
+  workdir = imported.workdir_of(arg)
+  return pretrained(workdir) if workdir else select(PRESETS, arg, "sid")

@@ -4,6 +4,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from diffusion.denoiser import make_denoiser, model_apply_fn
+from diffusion.diffusers_unet import DiffusersUNet
 from diffusion.mlp import MLP
 from diffusion.nested_unet import NestedUNet
 from diffusion.processes import get_process
@@ -11,7 +12,7 @@ from diffusion.registry import Registry
 from diffusion.unet import UNet
 
 NETWORKS = Registry("network")
-NETWORKS.update(unet=UNet, mlp=MLP, nested_unet=NestedUNet)
+NETWORKS.update(unet=UNet, mlp=MLP, nested_unet=NestedUNet, diffusers_unet=DiffusersUNet)
 
 
 def build_network(model_config):
@@ -31,10 +32,13 @@ def build_network(model_config):
 
 
 def build_process(diffusion_config):
-  """The config's noise process (`cosine` takes the logSNR range)."""
+  """The config's noise process (`cosine` takes the logSNR range, `ddpm` the `diffusion.ddpm`
+  section: beta_schedule, beta_start, beta_end, num_train_timesteps)."""
   kwargs = {}
   if diffusion_config.process == "cosine":
     kwargs = dict(logsnr_min=diffusion_config.logsnr_min, logsnr_max=diffusion_config.logsnr_max)
+  elif diffusion_config.process == "ddpm":
+    kwargs = dict(diffusion_config.ddpm)
   return get_process(diffusion_config.process, **kwargs)
 
 
