@@ -12,7 +12,6 @@ import time
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from diffusion.analytic import analytic_denoiser, gaussian  # noqa: E402
 from diffusion.processes import get_process  # noqa: E402

@@ -10,11 +10,10 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from configs.boot import boot_config, guided_student
-from diffusion.analytic import analytic_denoiser, gaussian, gaussian_flow_map
+from diffusion.analytic import analytic_denoiser, gaussian
 from diffusion.denoiser import make_denoiser, model_apply_fn
 from diffusion.mlp import MLP
 from diffusion.networks import init_params

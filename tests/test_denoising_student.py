@@ -2,7 +2,6 @@
 t = 1, the stored pairs are the teacher's DDIM samples bit for bit, a student of the analytic
 Gaussian teacher learns its affine DDIM map and approaches the exact flow map as the teacher's
 steps grow, the best checkpoint is the lowest held-out loss, and training resumes bit-exactly."""
-import itertools
 import json
 import os
 
@@ -25,7 +24,7 @@ from infra.mesh import make_mesh
 from infra.params import load_params
 from tests.distill_fixtures import gmm_config, randomize
 from tests.tiny_config import tiny_teacher_config
-from training import data, offline, offline_source
+from training import offline, offline_source
 from training.method import get_method
 from training.trainer import Trainer
 

@@ -5,7 +5,6 @@ across the boundary."""
 import bisect
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
