@@ -33,6 +33,7 @@ def matryoshka_config(c, resolutions, loss_weights, inner, shells, shift_power=1
   """Turn teacher preset `c` into a Matryoshka run: `inner` the lowest resolution's UNet
   settings, `shells` the outer shells' settings from the innermost out."""
   c.method = "matryoshka"
+  c.diffusion.weighting = "snr"     # the paper's eps-MSE
   c.mdm = ml_collections.ConfigDict(dict(
       resolutions=tuple(resolutions), loss_weights=tuple(loss_weights),
       shift_power=shift_power, inner_workdir=""))
@@ -59,6 +60,12 @@ def digits():
   return matryoshka_config(teacher.digits(), (8, 4), (1, 1),
                            inner=dict(ch=16, ch_mult=(1, 2), attn_resolutions=(2,)),
                            shells=[dict(ch=8, ch_mult=(1, 2), num_res_blocks=1)])
+
+
+def digits_plain():
+  """The control: the digits teacher's UNet alone at 8x8 on Matryoshka's loss (one
+  resolution, no shell), so that it differs from the teacher only in `diffusion.weighting`."""
+  return matryoshka_config(teacher.digits(), (8,), (1,), inner={}, shells=[])
 
 
 def _mnist_like(c):
@@ -103,10 +110,10 @@ def fashion_mnist_cpu():
                            shells=[dict(ch=8, ch_mult=(1, 2), num_res_blocks=2)])
 
 
-PRESETS = {"digits": digits, "fashion_mnist": fashion_mnist, "fashion_mnist_cpu": fashion_mnist_cpu,
+PRESETS = {"digits": digits, "digits_plain": digits_plain, "fashion_mnist": fashion_mnist, "fashion_mnist_cpu": fashion_mnist_cpu,
            "mnist": mnist, "cifar10": cifar10, "imagenet64": imagenet64}
 PRESETS.update({f"{name}_inner": (lambda preset=preset: inner_run(preset()))
-                for name, preset in list(PRESETS.items())})
+                for name, preset in list(PRESETS.items()) if name != "digits_plain"})
 
 
 def get_config(arg=None):
