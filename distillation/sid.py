@@ -40,7 +40,11 @@ Where this differs from the reference code:
   `fake_score_time='uniform'` (t ~ U(0, 1)) with `fake_score_weighting` (the teacher's), or
   the code's choice: 'lognormal' (lambda = -2 (p_mean + p_std n)) with weighting 'edm'.
 - Per-example losses are means over pixels (the code sums them, and scales L_theta by 100):
-  constant factors that Adam (b1 = 0, b2 = 0.999, no gradient clipping in the presets) ignores.
+  constant factors that Adam (b1 = 0, b2 = 0.999, no gradient clipping in the presets) ignores
+  where sqrt(v) >> eps = 1e-8. Measured on digits (200 updates of configs/sid.py:digits):
+  sqrt(v_hat) has median 3.8e-5 (generator) and 1.4e-4 (fake score), 1st percentile 1.9e-6
+  and 1.7e-5, and is below 1e-6 (eps over 1% of it) for 0.44% and 0.07% of the parameters,
+  so the scale is kept.
 - The code drops examples with a NaN; the trainer skips a non-finite update instead. The
   code's ADA augmentation of the fake score's inputs (CIFAR-10, p = 0.12) is not done.
 """

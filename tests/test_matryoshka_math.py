@@ -125,7 +125,8 @@ POOL = np.full((1, 4), 0.25)                              # x_lo = the mean of t
 def exact_nested_denoiser(power):
   """E[x_hi | z_lo, z_hi] of x_hi ~ N(MEAN, COV), z_lo = a_lo POOL x_hi + s_lo e_lo,
   z_hi = a_hi x_hi + s_hi e_hi (schedules by hand): posterior precision
-  COV^-1 + A^T D^-1 A, A = [a_lo POOL; a_hi I], D = diag(s_lo^2, s_hi^2 I); x_lo_hat = POOL x_hat."""
+  COV^-1 + A^T D^-1 A, A = [a_lo POOL; a_hi I], D = diag(s_lo^2, s_hi^2 I);
+  x_lo_hat = POOL x_hat."""
   precision = np.linalg.inv(COV)
 
   def denoise(params, z, t, cond=None, *, rng=None):
