@@ -7,7 +7,9 @@ trains on offline samples of its teacher (Method.offline_data, e.g. the Denoisin
 pairs) first writes or finishes them (what `--mode=pairs` does). After each part's run, its
 training cost is added to <workdir>/<part>/train_cost.json (wall-clock seconds of every
 sitting, updates, teacher network evaluations). The report (<workdir>/report) has a row per
-(part, steps, sampler, w), with the part's training cost beside its metrics.
+(part, steps, sampler, w) of the parts with `rows`, with the part's training cost beside its
+metrics, plus the costs of the parts it lists in `cost_includes` (a grown Matryoshka's inner
+run, which has no row: it draws lower-resolution images).
 
 A SIGTERM (preemption) ends the pipeline: the running part saves its checkpoint and stops,
 no later part starts and no report is written; `StoppedEarly` is raised (main.py exits with
@@ -53,12 +55,23 @@ def part_order(config) -> list[str]:
 
 
 def part_run_config(config, part: str, workdir: str):
-  """The part's run config with its teacher's workdir filled in."""
+  """The part's run config with its teacher part's workdir under the method's
+  `teacher_workdir_key` (teacher.workdir; mdm.inner_workdir for a grown Matryoshka)."""
   run = config.parts[part].copy_and_resolve_references()
   if part in config.teachers:
+    *sections, key = get_method(run).teacher_workdir_key.split(".")
+    section = run
+    for name in sections:
+      section = section[name]
     with run.unlocked():
-      run.teacher.workdir = str(epath.Path(workdir) / config.teachers[part])
+      section[key] = str(epath.Path(workdir) / config.teachers[part])
   return run
+
+
+def total_cost(costs: dict, part: str, includes) -> dict:
+  """The part's cost plus those of the parts it `includes` (a grown model's inner run)."""
+  parts = (part, *includes.get(part, ()))
+  return {k: sum(costs[p][k] for p in parts) for k in costs[part]}
 
 
 def training_cost(run_config, seconds: float, offline_cost=None) -> dict:
@@ -129,7 +142,7 @@ def run_pipeline(config, workdir: str) -> list[dict]:
   logging.info("pipeline %d/%d: quality report in %s", len(order) + 1, len(order) + 1,
                report_dir)
   entries = []
-  for part in order:
+  for part in (p for p in order if p in config.rows):   # an inner run has no row of its own
     spec = config.rows[part]
     entries += model_entries(str(root / part), part, spec.steps, spec.samplers,
                              spec.guidance_weights, str(root / spec.reference), spec.max_nfe,
@@ -139,7 +152,7 @@ def run_pipeline(config, workdir: str) -> list[dict]:
                                         name=epath.Path(workdir).name, reference=workdir)
                           for workdir, w in sorted(references)) if e not in entries]
   rows = quality.evaluate(entries, options, mesh=None)
-  rows = [dict(row, **costs[row["model"]]) for row in rows]
+  rows = [dict(row, **total_cost(costs, row["model"], config.cost_includes)) for row in rows]
   write_report(rows, options, str(report_dir), f"Quality of every part of the pipeline in "
                f"`{root}`", parts={p: config.parts[p].method for p in order})
   return rows

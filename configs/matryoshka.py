@@ -3,6 +3,7 @@
 | preset        | resolutions  | inner network (lowest)                 | outer shells          | weights | p |
 |---------------|--------------|----------------------------------------|-----------------------|---------|---|
 | digits        | 8, 4         | UNet ch 16, (1, 2), attn 2             | ch 8, (1, 2)          | 1:1     | 1 |
+| digits_plain  | 8            | the digits teacher's UNet (the control)| none                  | 1       | - |
 | fashion_mnist_cpu | 28, 14   | UNet ch 16, (1, 2), 2 blocks, attn 7   | ch 8, (1, 2), 2 blk   | 1:1     | 1 |
 | fashion_mnist | 28, 14       | UNet ch 64, (1, 2), 2 blocks, attn 7   | ch 32, (1, 2), 2 blk  | 1:1     | 1 |
 | mnist         | 28, 14       | as fashion_mnist                       | as fashion_mnist      | 1:1     | 1 |
@@ -11,11 +12,21 @@
 
 Resolutions and weights are listed highest first (as ml-mdm's `multi_res_weights`). The paper's
 settings where they apply (apple/ml-mdm cc12m_256x256 / cc12m_1024x1024 configs): v-prediction
-with the eps-MSE loss and no VDM weights, outer shells narrower than the inner network (ml-mdm
-64-128-256 around 256-512-768 channels) with no attention and no middle blocks, 1:1 weights
-for two resolutions and 16:4:1 for three, shift power p = 1 for a 4x total ratio (the 1024 config
-uses p = 2 for 16x); imagenet64 also takes its optimiser (lr 5e-5, 10k warm-up, gradient clip 2,
-batch 1024). The small presets keep their teacher preset's optimiser, batch and step count so a
+with the eps-MSE loss (`diffusion.weighting='snr'`; 'snr+1' is the teacher's v-MSE) and no VDM
+weights, outer shells narrower than the inner network (ml-mdm 64-128-256 around 256-512-768
+channels) with no attention and no middle blocks, 1:1 weights for two resolutions and 16:4:1
+for three; imagenet64 also takes its optimiser (lr 5e-5, 10k warm-up, gradient clip 2, batch
+1024).
+
+Shift power p (snr_r = snr / (res_r / res_lowest)^p; the paper (Sec. 3.1-3.2) shifts each
+resolution's schedule with its size and leaves the amount to the code): ml-mdm's two-level
+256/64 config uses p = 1 (its default, `schedule_shifted_power`) and its three-level
+1024/256/64 config p = 2. Every preset here uses p = 1: the two-level presets (ratio 2) as the
+two-level reference; imagenet64 (three levels, ratio 4 in all) keeps p = 1 as ml-mdm's 4x
+ratio does, not the 1024 config's p = 2, which goes with a 16x ratio. On digits p = 2 was
+measured against p = 1 (README, Matryoshka).
+
+The small presets keep their teacher preset's optimiser, batch and step count so a
 Matryoshka run and a plain teacher compare step for step (bench/matryoshka.py).
 
 Progressive growth (the paper's Sec. 3.3): `<preset>_inner` trains the inner network alone on
@@ -33,6 +44,7 @@ def matryoshka_config(c, resolutions, loss_weights, inner, shells, shift_power=1
   """Turn teacher preset `c` into a Matryoshka run: `inner` the lowest resolution's UNet
   settings, `shells` the outer shells' settings from the innermost out."""
   c.method = "matryoshka"
+  c.diffusion.weighting = "snr"     # the paper's eps-MSE
   c.mdm = ml_collections.ConfigDict(dict(
       resolutions=tuple(resolutions), loss_weights=tuple(loss_weights),
       shift_power=shift_power, inner_workdir=""))
@@ -59,6 +71,12 @@ def digits():
   return matryoshka_config(teacher.digits(), (8, 4), (1, 1),
                            inner=dict(ch=16, ch_mult=(1, 2), attn_resolutions=(2,)),
                            shells=[dict(ch=8, ch_mult=(1, 2), num_res_blocks=1)])
+
+
+def digits_plain():
+  """The control: the digits teacher's UNet alone at 8x8 on Matryoshka's loss (one
+  resolution, no shell), so that it differs from the teacher only in `diffusion.weighting`."""
+  return matryoshka_config(teacher.digits(), (8,), (1,), inner={}, shells=[])
 
 
 def _mnist_like(c):
@@ -103,10 +121,11 @@ def fashion_mnist_cpu():
                            shells=[dict(ch=8, ch_mult=(1, 2), num_res_blocks=2)])
 
 
-PRESETS = {"digits": digits, "fashion_mnist": fashion_mnist, "fashion_mnist_cpu": fashion_mnist_cpu,
+PRESETS = {"digits": digits, "digits_plain": digits_plain, "fashion_mnist": fashion_mnist,
+           "fashion_mnist_cpu": fashion_mnist_cpu,
            "mnist": mnist, "cifar10": cifar10, "imagenet64": imagenet64}
 PRESETS.update({f"{name}_inner": (lambda preset=preset: inner_run(preset()))
-                for name, preset in list(PRESETS.items())})
+                for name, preset in list(PRESETS.items()) if name != "digits_plain"})
 
 
 def get_config(arg=None):

@@ -12,11 +12,14 @@ configs/teacher.py:<the teacher column>>.
 | imagenet64    | imagenet64 (1000 classes) | 122,070   | 8192  | 4e-6           | 0.99716  | 0.1     |
 | pretrained=<dir> | imported (--mode=import) | 1,953,125 | 256 | 1e-5        | 0.99964  | 0       |
 
-cifar10 and imagenet64 are the paper's runs (the code's run_sid.sh): 500 and 1000 million
-generated images, alpha 1.2, t_max 800/1000, init_sigma 2.5, Adam b1 = 0, b2 = 0.999 for
-both networks, no gradient clipping, no warm-up, constant lr, EMA half-lives of 0.5 and
-2 million images (decay 0.5^(batch / half-life)); the ImageNet teacher is conditional and
-unguided, labels uniform. fashion_mnist takes the CIFAR-10 settings for fewer updates
+cifar10 and imagenet64 take the paper's settings (the code's run_sid.sh) on this project's
+UNet teachers (not the code's EDM networks): 500 and 1000 million generated images, alpha 1.2,
+t_max 800/1000, init_sigma 2.5, the fake score on the code's EDM loss (fake_score_time
+'lognormal', p_mean -1.2, p_std 1.2, weighting 'edm'), Adam b1 = 0, b2 = 0.999 for both
+networks, no gradient clipping, no warm-up, constant lr, EMA half-lives of 0.5 and 2 million
+images (decay 0.5^(batch / half-life)); the ImageNet teacher is conditional and unguided,
+labels uniform. The other presets train the fake score on the teacher's own loss
+(t ~ U(0, 1), the teacher's weighting). fashion_mnist takes the CIFAR-10 settings for fewer updates
 (a guess); digits is sized to run in a few minutes on 2 CPU cores (a guess too).
 Paper results at one step (FID): CIFAR-10 1.92, ImageNet-64 1.52.
 
@@ -90,14 +93,22 @@ def fashion_mnist():
                     ema_decay=ema_decay(256, 500_000))
 
 
+def paper_fake_score_loss(c):
+  """The code's EDM loss for the fake score: lognormal sigma, EDM weighting."""
+  c.sid.update(fake_score_time="lognormal", fake_score_weighting="edm")
+  return c
+
+
 def cifar10():
-  return sid_config(teacher.cifar10(), num_updates=500_000_000 // 256, lr=1e-5, batch_size=256,
-                    ema_decay=ema_decay(256, 500_000), dropout=0.13)
+  return paper_fake_score_loss(sid_config(
+      teacher.cifar10(), num_updates=500_000_000 // 256, lr=1e-5, batch_size=256,
+      ema_decay=ema_decay(256, 500_000), dropout=0.13))
 
 
 def imagenet64():
-  return sid_config(teacher.imagenet64(), num_updates=1_000_000_000 // 8192, lr=4e-6,
-                    batch_size=8192, ema_decay=ema_decay(8192, 2_000_000), dropout=0.1)
+  return paper_fake_score_loss(sid_config(
+      teacher.imagenet64(), num_updates=1_000_000_000 // 8192, lr=4e-6, batch_size=8192,
+      ema_decay=ema_decay(8192, 2_000_000), dropout=0.1))
 
 
 def fashion_mnist_cpu():

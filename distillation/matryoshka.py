@@ -10,13 +10,15 @@ redraws it: `eps[i].normal_()`), and resolution r uses the shifted cosine schedu
 
 the paper's forward process q(z_t^r | x) = N(alpha_t^r D^r(x), (sigma_t^r)^2 I) (Sec. 3.1) with
 ml-mdm's shift snr / (res_r / res_1)^p (`schedule_shifted_power` p = `mdm.shift_power`). The loss
-is the paper's multi-resolution denoising loss (Sec. 3.1) as ml-mdm computes it (eps target,
-`loss_target_type: DDPM`, of a v-predicting network, no VDM weights, `multi_res_weights`):
+is the paper's multi-resolution denoising loss (Sec. 3.1, L = E sum_r w_r ||eps_theta^r - eps^r||^2)
+with the teacher's weightings (`diffusion.weighting`, diffusion.losses):
 
-  loss = sum_r w_r mean_pixels ||eps_r - eps_hat_r(z_1, ..., z_R, t)||^2,
+  loss = sum_r w_r weight(lambda_r(t)) mean_pixels ||x_r - x_hat_r(z_1, ..., z_R, t)||^2,
 
-the per-pixel eps-MSE, i.e. the x-MSE weighted by snr_r = exp(lambda_r). The network's time
-input is the unshifted lambda(t) for every level (diffusion.denoiser.make_denoiser).
+where weight = `snr` is exactly the paper's and ml-mdm's per-pixel eps-MSE (`loss_target_type:
+DDPM` of a v-predicting network, no VDM weights, `multi_res_weights`; the presets' default) and
+`snr+1` the teacher's v-MSE. The network's time input is the unshifted lambda(t) for every
+level (diffusion.denoiser.make_denoiser), as ml-mdm feeds every level the same step index.
 
 Progressive growth (Sec. 3.3): with `mdm.inner_workdir` the run starts from a trained model over
 the lower resolutions (a 1-resolution run of the inner UNet, or a nested run), embedded as the
@@ -28,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion.denoiser import make_denoiser, model_apply_fn
-from diffusion.losses import mean_per_example
+from diffusion.losses import get_weighting, weighted_x_mse
 from diffusion.nested_unet import nested_resolutions
 from diffusion.networks import build_network, init_params
 from diffusion.processes import shifted_cosine
@@ -57,17 +59,20 @@ def shifted_processes(resolutions, shift_power: float, **kwargs) -> tuple:
   return tuple(shifted_cosine(r, resolutions[0], shift_power, **kwargs) for r in resolutions)
 
 
-def multiresolution_losses(denoise, params, xs, t, eps, processes, cond=None, rng=None):
-  """Per-resolution eps-MSE, a pytree like xs of (B,) arrays:
+def multiresolution_losses(denoise, params, xs, t, eps, processes, weighting, cond=None,
+                           rng=None):
+  """Per-resolution weighted x-MSE (diffusion.losses.weighted_x_mse), a pytree like xs of (B,):
 
-  mean_pixels ||eps_r - eps_hat_r(z, t)||^2,  z_r = alpha_r(t) x_r + sigma_r(t) eps_r.
+  w(lambda_r(t)) mean_pixels ||x_r - x_hat_r(z, t)||^2,  z_r = alpha_r(t) x_r + sigma_r(t) eps_r;
 
-  xs, eps: pytrees (one leaf per resolution) or single arrays; processes: the matching pytree
-  of processes (or one process); `rng` turns on dropout.
+  `snr` is the paper's eps-MSE mean ||eps_r - eps_hat_r||^2 (= snr_r x the x-MSE), `snr+1`
+  the teacher's v-MSE. xs, eps: pytrees (one leaf per resolution) or single arrays;
+  processes: the matching pytree of processes (or one process); `rng` turns on dropout.
   """
   z = jax.tree.map(lambda p, x, e: p.noise(x, t, e), processes, xs, eps)
   pred = denoise(params, z, t, cond, rng=rng)
-  return jax.tree.map(lambda e, e_hat: mean_per_example(jnp.square(e - e_hat)), eps, pred.eps)
+  return jax.tree.map(lambda p, x, x_hat: weighted_x_mse(x, x_hat, p.logsnr(t), weighting),
+                      processes, xs, pred.x)
 
 
 def check_resolutions(mdm, image_size: int) -> tuple:
@@ -114,6 +119,7 @@ class MatryoshkaDiffusion(FromData):
     self.processes = shifted_processes(self.resolutions, config.mdm.shift_power,
                                        logsnr_min=config.diffusion.logsnr_min,
                                        logsnr_max=config.diffusion.logsnr_max)
+    get_weighting(config.diffusion.weighting)     # an unknown name fails here, listing them
     apply_fn = model_apply_fn(self.network)
     if len(self.resolutions) == 1:   # a plain network takes and returns one array
       plain = apply_fn
@@ -138,13 +144,14 @@ class MatryoshkaDiffusion(FromData):
     return dict(params, inner=teacher_params)
 
   def loss(self, params, frozen, batch, rng, stage, ema=None):
-    """sum_r w_r eps-MSE_r with one t, independent eps_r = normal_like(eps key, pyramid)."""
+    """sum_r w_r loss_r (multiresolution_losses) with one t, independent eps_r = normal_like(eps key, pyramid)."""
     xs = pyramid(batch["image"], self.resolutions)
     t_rng, eps_rng, drop_rng, cond_rng = jax.random.split(rng, 4)
     t = jax.random.uniform(t_rng, xs[0].shape[:1])
     cond = training_cond(self.config, batch, cond_rng)
     losses = multiresolution_losses(self.denoise, params, xs, t, normal_like(eps_rng, xs),
-                                    self.processes, cond, drop_rng)
+                                    self.processes, self.config.diffusion.weighting, cond,
+                                    drop_rng)
     means = [jnp.mean(l) for l in losses]
     total = sum(w * m for w, m in zip(self.weights, means))
     metrics = {f"loss_{r}px": m for r, m in zip(self.resolutions, means)}

@@ -1,5 +1,6 @@
-"""Matryoshka Diffusion: the NestedUNet's nesting, the shifted per-resolution processes, the
-multi-resolution loss, nested sampling, progressive growth and the trainer (resume, devices)."""
+"""Matryoshka Diffusion: the NestedUNet's nesting, the noise, sampling, configs, progressive
+growth and the trainer (resume, devices); the math against independent paths is in
+tests/test_matryoshka_math.py."""
 import functools
 
 import jax
@@ -9,17 +10,12 @@ import numpy as np
 import pytest
 
 from configs.matryoshka import get_config as matryoshka_config
-from diffusion.denoiser import make_denoiser, model_apply_fn
 from diffusion.nested_unet import nested_resolutions
 from diffusion.networks import build_network, init_params
-from diffusion.processes import get_process
-from distillation.common import training_cond
-from distillation.matryoshka import avg_pool, multiresolution_losses, shifted_processes
+from distillation.matryoshka import avg_pool
 from infra.mesh import make_mesh
 from infra.params import load_params
-from sampling import get_sampler
 from sampling.noise import normal_like
-from sampling.steps import ddim_step, scales
 from tests.distill_fixtures import randomize
 from training.method import get_method
 from training.trainer import Trainer
@@ -89,17 +85,6 @@ def test_three_levels_and_a_wrong_nesting():
 
 # ---- the processes, the loss, the noise ------------------------------------------------------
 
-@pytest.mark.parametrize("power", [1.0, 2.0])
-def test_shifted_logsnr_is_the_base_minus_p_log_s(power):
-  processes = shifted_processes((4, 8, 16), power)
-  base = get_process("cosine")
-  t = jnp.linspace(0.0, 1.0, 101)
-  for resolution, process in zip((4, 8, 16), processes):
-    np.testing.assert_allclose(process.logsnr(t) - base.logsnr(t),
-                               -power * np.log(resolution / 4), rtol=0, atol=2e-5)
-  assert processes[0] == base
-
-
 def tiny_config(**mdm):
   """The digits preset with the tiny grown network of these tests, class-conditional."""
   c = matryoshka_config("digits")
@@ -124,28 +109,6 @@ def digits_batch(n=16, seed=0):
   return {"image": x, "label": jnp.arange(n, dtype=jnp.int32) % 10}
 
 
-def test_loss_is_the_weighted_sum_and_the_lowest_alone_is_the_inner_unets_loss():
-  """With weights (0, 1) (highest first) the loss is the plain UNet's eps-MSE on the pooled
-  data with the same t, noise and labels; otherwise w_hi L_hi + w_lo L_lo."""
-  batch, rng = digits_batch(), jax.random.key(7)
-  method, params, inner_params, inner = grown_method()
-  losses = {w: jax.jit(get_method(tiny_config(loss_weights=w)).loss)(
-      params, {}, batch, rng, {})[0] for w in [(0.0, 1.0), (1.0, 0.0), (3.0, 0.5)]}
-  # The same draws as MatryoshkaDiffusion.loss, on the 4x4 data with the UNet alone.
-  t_rng, eps_rng, _, cond_rng = jax.random.split(rng, 4)
-  x_lo = avg_pool(batch["image"], 4)
-  t = jax.random.uniform(t_rng, (16,))
-  eps_lo = normal_like(eps_rng, (x_lo, batch["image"]))[0]
-  cond = training_cond(method.config, batch, cond_rng)
-  plain = make_denoiser(model_apply_fn(inner), get_process("cosine"), "v")
-  single = jnp.mean(multiresolution_losses(plain, inner_params, x_lo, t, eps_lo,
-                                           get_process("cosine"), cond))
-  np.testing.assert_allclose(losses[(0.0, 1.0)], single, rtol=1e-5)
-  np.testing.assert_allclose(losses[(3.0, 0.5)],
-                             3.0 * losses[(1.0, 0.0)] + 0.5 * losses[(0.0, 1.0)], rtol=1e-5)
-  assert float(losses[(1.0, 0.0)]) > 0
-
-
 def test_noise_is_independent_across_resolutions():
   """corr(eps_lo, avgpool(eps_hi) * 2) over many draws is ~0 (it is 1 for pooled noise)."""
   shapes = (jax.ShapeDtypeStruct((4096, 4, 4, 1), jnp.float32),
@@ -157,28 +120,6 @@ def test_noise_is_independent_across_resolutions():
   np.testing.assert_allclose(jnp.std(pooled), 1.0, rtol=0.02)
   # The highest resolution draws what a plain model's z_1 draws from the same key.
   np.testing.assert_array_equal(eps_hi, jax.random.normal(jax.random.key(0), (4096, 8, 8, 1)))
-
-
-def test_one_nested_ddim_step_is_a_ddim_step_per_resolution():
-  method, params, _, _ = grown_method()
-  params = randomize(params, jax.random.key(3), 0.1)
-  z = normal_like(jax.random.key(4), tuple(jax.ShapeDtypeStruct((6,) + s, jnp.float32)
-                                          for s in method.shapes))
-  cond = {"label": jnp.arange(6, dtype=jnp.int32)}
-  out = get_sampler("ddim")(method.denoise, params, z, cond, process=method.processes,
-                            num_steps=2)
-  # By hand: the network once at t = 1 (both outputs), then each resolution's own DDIM step
-  # to t = 1/2 with its own alpha, sigma; then the same from 1/2 to 0.
-  for t, s in ((1.0, 0.5), (0.5, 0.0)):
-    pred = method.denoise(params, z, t, cond)
-    z = tuple(ddim_step(type(pred)(x=pred.x[r], eps=pred.eps[r]),
-                        *scales(method.processes[r], s)) for r in range(2))
-    alpha_lo, _ = scales(method.processes[0], s)
-    alpha_hi, _ = scales(method.processes[1], s)
-    if s > 0:
-      assert float(alpha_hi) < float(alpha_lo)    # the higher resolution is noisier at s
-  for a, b in zip(out, z, strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ancestral", "heun"])

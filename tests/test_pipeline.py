@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from commands.pipeline import part_order, run_pipeline
-from configs.pipeline import pipeline_config, row_spec
+from commands.pipeline import part_order, part_run_config, run_pipeline, total_cost
+from configs.pipeline import get_config, pipeline_config, row_spec
 from configs.progressive import distill_config
 from eval.quality import metric_settings
 from eval.report import (IncomparableReportsError, merge_reports, model_entries, report_options,
@@ -109,3 +109,19 @@ def test_merge_refuses_reports_with_different_metric_settings(tmp_path):
   assert "fid_resize" not in metric_settings(report_options(str(tmp_path)))
   fid = metric_settings(report_options(str(tmp_path), metrics=("fid",)))
   assert "bilinear resize to 299x299" in fid["fid_resize"]
+
+
+def test_a_grown_part_gets_its_inner_workdir_and_counts_its_inner_runs_cost():
+  """digits_all's Matryoshka grows around the `matryoshka_inner` part (mdm.inner_workdir, the
+  method's teacher_workdir_key), the two at the teacher's budget, and its cost adds both."""
+  config = get_config("digits_all")
+  run = part_run_config(config, "matryoshka", "/w")
+  assert (run.mdm.inner_workdir, run.teacher.workdir) == ("/w/matryoshka_inner", "")
+  parts = config.parts
+  assert (parts.matryoshka.num_train_steps + parts.matryoshka_inner.num_train_steps
+          == parts.teacher.num_train_steps)
+  costs = {"matryoshka": dict(train_updates=1000, teacher_evaluations=0, train_seconds=5.0),
+           "matryoshka_inner": dict(train_updates=1000, teacher_evaluations=0, train_seconds=2.0)}
+  assert total_cost(costs, "matryoshka", config.cost_includes) == dict(
+      train_updates=2000, teacher_evaluations=0, train_seconds=7.0)
+  assert total_cost(costs, "matryoshka_inner", config.cost_includes) == costs["matryoshka_inner"]

@@ -23,6 +23,7 @@ SHRINK = {
     "teacher_cond": {"num_train_steps": 4},
     "catch_up": {"num_train_steps": 4},
     "matryoshka": {"num_train_steps": 4, "model.ch": 8, "model.inner.ch": 8},
+    "matryoshka_inner": {"num_train_steps": 4, "model.ch": 8},
     "progressive": {"distill.teacher_steps": 4, "distill.steps_per_stage": 2,
                     "distill.fidelity_samples": 8},
     "guided": {"distill.teacher_steps": 4, "distill.steps_per_stage": 2, "guided.w_steps": 2,
@@ -51,7 +52,7 @@ def shrunk_digits_all(classifier_dir: str) -> ml_collections.ConfigDict:
   """digits_all with tiny MLPs (nested UNets for Matryoshka), small batches and schedules."""
   config = get_config("digits_all")
   for name, part in config.parts.items():
-    if part.model.name == "unet":
+    if part.model.name == "unet" and name != "matryoshka_inner":   # the grown model's inner
       kept = {k: part.model[k] for k in ("num_classes", "guidance", "output_heads", "dtype")
               if k in part.model}
       part.model = ml_collections.ConfigDict(dict(TINY_MLP, **kept))
@@ -91,7 +92,8 @@ def test_digits_all_has_a_row_for_every_method_and_an_interrupted_run_continues(
   # images (the DDIM encoder).
   assert methods == set(METHODS) - {"guided_w", "progressive_encoder", "flow_matching"}
   rows = run_pipeline(config, str(tmp_path / "uninterrupted"))
-  assert {row["model"] for row in rows} == set(config.parts)
+  assert {row["model"] for row in rows} == set(config.rows) == set(config.parts) - {
+      "matryoshka_inner"}
   report = json.loads((tmp_path / "uninterrupted" / "report" / "report.json").read_text())
   assert set(report["parts"].values()) == methods
   for row in rows:
@@ -100,6 +102,7 @@ def test_digits_all_has_a_row_for_every_method_and_an_interrupted_run_continues(
   cost = {r["model"]: (r["train_updates"], r["teacher_evaluations"]) for r in rows}
   assert cost["progressive"] == (4, 4 * 16 * 2) and cost["boot"] == (4, 4 * 16 * 2)
   assert cost["teacher"] == (4, 0) and cost["catch_up"] == (4, 0)
+  assert cost["matryoshka"] == (4 + 4, 0)         # the grown model's inner run counted
   # Interrupted by a SIGTERM in the middle of the progressive part, then the same command.
   workdir = tmp_path / "interrupted"
   watcher = _sigterm_when(workdir / "progressive" / "checkpoints" / "2")
@@ -119,13 +122,14 @@ def test_digits_all_has_a_row_for_every_method_and_an_interrupted_run_continues(
 
 def test_fashion_mnist_cpu_has_every_part_on_its_teachers_and_fid_with_equal_n():
   digits, config = get_config("digits_all"), get_config("fashion_mnist_cpu")
-  assert set(config.parts) == set(digits.parts) == set(config.rows)
+  assert set(config.parts) == set(digits.parts) == set(config.rows) | {"matryoshka_inner"}
   assert dict(config.teachers) == dict(digits.teachers)
   shape = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions")
   for name, part in config.parts.items():
     assert part.data.name == "fashion_mnist" and get_method(part).stages()
     if name in config.teachers:   # a student starts from its teacher's network
       teacher = config.parts[config.teachers[name]]
-      assert [part.model[k] for k in shape] == [teacher.model[k] for k in shape], name
+      model = part.model.inner if name == "matryoshka" else part.model   # grown around it
+      assert [model[k] for k in shape] == [teacher.model[k] for k in shape], name
   report = config.report
   assert "fid" in report.metrics and report.reference_images == report.num_samples >= 1000
