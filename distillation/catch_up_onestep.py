@@ -8,14 +8,18 @@ t_i = i/N for i = N, ..., 1 (trajectory point m = N - i, so m = 0 is at t = 1 an
 point's x_hat_0 is the N-step Euler sample), clipped to [-1, 1] as the reference's 8-bit
 PNGs are (stored as float32 here, not quantised).
 
-Student: initialised from the EMA model, x_S(z) = z - u_S(z, 1) (head `cud.sample_head`),
-one stage per curriculum point m (onestep.curriculum = 8, 11, 14 of 16):
+Student: initialised from the EMA model, x_S(z) = z - u_S(z, 1) with u_S the network's MAIN
+output (head 1; the reference's `flow_model(z, t)`), one stage per curriculum point m
+(onestep.curriculum = 8, 11, 14 of 16); the paper's one-step objective as the reference's
+`distill`:
 
-  L = MSE(x_S(z), x_hat_0[m]) + lambda MSE(u_S(z, 1), SG[u_EMA(z, 1)]),   lambda = 0.1,
+  L = MSE(x_S(z), x_hat_0[m]) + lambda MSE(u_S(z, 1), SG[u_A(z, 1)]),   lambda = 0.1,
 
-u_EMA from the student's own EMA (the trainer's `ema` argument); element means, as the
-reference. Deviation: at each curriculum boundary the trainer restarts Adam and the EMA (the
-reference keeps both across points). Unconditional models only (as the reference).
+u_A from the anchor A, a slow EMA of the student (theta_A <- 0.9999 theta_A + 0.0001 theta,
+onestep.anchor_decay: the trainer's target EMA, the loss's `ema`), evaluated without dropout
+(the reference's EMA model is in eval mode); element means. Adam and both EMAs run on across
+the curriculum points (`restart_at_stage = False`), as the reference keeps its optimizer and
+EMA model across them. Unconditional models only (as the reference).
 """
 import jax
 import jax.numpy as jnp
@@ -52,6 +56,7 @@ class CatchUpOneStep(CatchUpDistillation):
   """The one-step student of a catch-up run (teacher.workdir) on its offline trajectories;
   one stage per curriculum point, frozen = {}."""
   needs_teacher = True
+  restart_at_stage = False
 
   def __init__(self, config):
     super().__init__(config)
@@ -69,6 +74,10 @@ class CatchUpOneStep(CatchUpDistillation):
 
   def init_frozen(self, teacher_params):
     return {}   # the teacher's work is in the trajectories
+
+  def target_ema_decay(self):
+    """The anchor's rate, onestep.anchor_decay (the reference's 0.9999)."""
+    return self.config.onestep.anchor_decay
 
   def stages(self):
     o = self.config.onestep
@@ -97,16 +106,15 @@ class CatchUpOneStep(CatchUpDistillation):
                   "cud_order": self.config.cud.order})
 
   def velocity(self, params, z, rng=None):
-    """u(z, 1) of the sampling head."""
-    return self.velocities(params, z, jnp.ones(z.shape[:1]), None, rng)[self.sample_head() - 1]
+    """u(z, 1) of the main output (head 1), dropout on with `rng`."""
+    return self.velocities(params, z, jnp.ones(z.shape[:1]), None, rng)[0]
 
   def loss(self, params, frozen, batch, rng, stage, ema=None):
-    student_rng, ema_rng = jax.random.split(rng)
     z = batch["noise"]
-    u = self.velocity(params, z, student_rng)
+    u = self.velocity(params, z, rng)
     target = jnp.take(batch["trajectory"], stage["point"], axis=1)
     regression = mse(z - u, target)
-    ema_term = mse(u, jax.lax.stop_gradient(self.velocity(ema, z, ema_rng)))
+    ema_term = mse(u, jax.lax.stop_gradient(self.velocity(ema, z)))
     loss = regression + self.config.onestep.ema_weight * ema_term
     return loss, {"loss": loss, "regression_loss": regression, "ema_loss": ema_term}
 

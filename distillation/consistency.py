@@ -42,9 +42,10 @@ an N-interval `sampling.grids` grid, z_t = alpha_t x + sigma_t eps,
 
 lambda(t) = 1 (the reference's CD runs use `weight_schedule=uniform`). The target network
 theta- is `consistency.target`: 'online' = SG(theta) (mu = 0, the reference's CIFAR-10 CD:
-`target_params = params` with `stopgrad`), or 'ema' = the trainer's EMA before this update,
-the loss's `ema` argument (theta- <- mu theta- + (1 - mu) theta with mu = optim.ema_decay;
-the reference's ImageNet-64 CD has mu = 0.95). The student and target calls share one
+`target_params = params` with `stopgrad`), or 'ema' = the trainer's target EMA before this
+update, the loss's `ema` argument (theta- <- mu theta- + (1 - mu) theta with mu =
+consistency.mu, the reference's ImageNet-64 CD 0.95), a second EMA beside the sampling one
+(optim.ema_decay, the paper's 0.999943), never restarted across an N curriculum. The student and target calls share one
 dropout key, as in the reference. At s = t_min the target is z_hat_s itself (the boundary).
 
 Teacher solvers (`consistency.teacher_solver`): 'ddim' (z_s = alpha_s x_hat + sigma_s eps_hat,
@@ -60,6 +61,7 @@ c = 0.00054 sqrt(dim)). No LPIPS: its weights are not available offline.
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffusion.losses import mean_per_example
 from diffusion.networks import build_denoiser
@@ -67,7 +69,8 @@ from diffusion.parameterization import Prediction
 from diffusion.processes import broadcast_to
 from diffusion.registry import Registry
 from distillation.common import (check_teacher, fidelity_metrics, grid_sizes, require_sections, training_cond)
-from sampling import get_grid, ode
+from sampling import GRIDS, ode
+from sampling.grids import check_on_training_grid, karras, on_training_grid, resolve
 from sampling.steps import ddim_step
 from training.method import Method, Stage, register
 from training.samples import sample_images
@@ -147,18 +150,56 @@ TARGETS.update({"online": lambda params, ema: params, "ema": lambda params, ema:
 SOLVERS = ("ddim",) + tuple(ode.TABLEAUX)
 
 
+def n_of_k(k, total: int, s0: int, s1: int):
+  """The paper's grid-size curriculum (Song et al. 2023, Appendix C, Table 3's N(k)):
+  N(k) = ceil(sqrt(k / K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1, from s0 at k = 0 to s1 + 1
+  at k = K (numpy, k an int or array)."""
+  k = np.asarray(k, np.float64)
+  return (np.ceil(np.sqrt(k / total * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1) + 1).astype(int)
+
+
+def curriculum(total: int, s0: int, s1: int) -> list:
+  """[(N, updates)]: one stage per value N(k) takes over k = 0..K-1, in order."""
+  sizes, counts = np.unique(n_of_k(np.arange(total), total, s0, s1), return_counts=True)
+  return [(int(n), int(c)) for n, c in zip(sizes, counts)]
+
+
+def training_grid(name: str, process):
+  """The grid function of `consistency.time_grid`: 'karras' (sampling.grids.karras in
+  `process`'s time, the paper's) or a `sampling.grids` name (uniform, quadratic)."""
+  return karras(process) if name == "karras" else GRIDS.lookup(name)
+
+
+def time_grids() -> list[str]:
+  return ["karras"] + list(GRIDS)
+
+
+def n_of_k_ends(value) -> tuple:
+  """`consistency.n_of_k` as (s0, s1), a clear error otherwise."""
+  ends = tuple(int(v) for v in (value.split(",") if isinstance(value, str) else value))
+  if len(ends) != 2 or not 1 <= ends[0] <= ends[1]:
+    raise ValueError(f"consistency.n_of_k={value!r} must be (s0, s1) with 1 <= s0 <= s1, e.g. "
+                     f"--config.consistency.n_of_k=2,150 (the paper's CIFAR-10 curriculum).")
+  return ends
+
+
+def sample_ts(cc) -> tuple:
+  """`consistency.sample_ts` ('0,22' or '') as a tuple of ints."""
+  return tuple(int(r) for r in str(cc.get("sample_ts", "")).split(",") if r.strip())
+
+
 def consistency_loss(student, params, target_params, teacher, teacher_params, x, cond, rng,
                      num_intervals, process, solver: str = "heun", distance: str = "l2",
-                     time_grid: str = "uniform"):
+                     time_grid="uniform"):
   """Per-example d(f_theta(z_t, t), SG[f_theta-(z_hat_s, s)]), shape (B,) (paper eq. (7)).
 
-  student: a `consistency_function`; teacher: the teacher's Denoiser; gradient reaches
-  `params` only through f_theta(z_t, t).
+  student: a `consistency_function`; teacher: the teacher's Denoiser; time_grid: a grid
+  name or function (`training_grid`); gradient reaches `params` only through f_theta(z_t, t).
   """
   i_rng, eps_rng, drop_rng = jax.random.split(rng, 3)
   n = jnp.asarray(num_intervals, jnp.int32)
   i = jax.random.randint(i_rng, x.shape[:1], 1, n + 1)
-  grid = get_grid(time_grid)
+  grid = resolve(time_grid)
   t, s = grid(i, n), grid(i - 1, n)
   z_t = process.noise(x, t, jax.random.normal(eps_rng, x.shape))
   z_s = teacher_step(solver, teacher, teacher_params, z_t, t, s, cond, process)
@@ -169,8 +210,10 @@ def consistency_loss(student, params, target_params, teacher, teacher_params, x,
 
 @register("consistency")
 class ConsistencyDistillation(Method):
-  """A consistency model distilled from a teacher; frozen = the teacher's parameters."""
+  """A consistency model distilled from a teacher; frozen = the teacher's parameters. Adam
+  and both EMAs run on across the stages of an N curriculum (the paper's N(k))."""
   needs_teacher = True
+  restart_at_stage = False
 
   usage = "--config=configs/consistency.py:<preset>"
 
@@ -181,26 +224,40 @@ class ConsistencyDistillation(Method):
       raise ValueError("consistency distillation of a w-conditioned (guided) student is not "
                        "supported: set model.guidance=False.")
     cc = config.consistency
-    self.schedule = grid_sizes(cc.schedule, "consistency.schedule")
+    self.schedule = ([(n, cc.steps_per_stage) for n in
+                      grid_sizes(cc.schedule, "consistency.schedule")] if not cc.get("n_of_k")
+                     else curriculum(cc.steps_per_stage, *n_of_k_ends(cc.n_of_k)))
     DISTANCES.lookup(cc.distance)
     TARGETS.lookup(cc.target)
-    get_grid(cc.time_grid)
+    if cc.time_grid not in time_grids():
+      raise ValueError(f"Unknown consistency.time_grid {cc.time_grid!r}; choose one of "
+                       f"{time_grids()}.")
     if cc.teacher_solver not in SOLVERS:
       raise ValueError(f"Unknown consistency.teacher_solver {cc.teacher_solver!r}; choose one "
                        f"of {list(SOLVERS)}.")
     self.network, self.process, self.denoise = build_denoiser(config)
     self.student = consistency_function(self.denoise, self.process, cc.sigma_data)
+    self.grid = training_grid(cc.time_grid, self.process)
+    last = self.schedule[-1][0]
+    self.sample_grid = on_training_grid(self.grid, last, sample_ts(cc))
+    for n in {config.sample.num_steps, *grid_sizes(config.eval.num_steps, "eval.num_steps")}:
+      check_on_training_grid(n, last, sample_ts(cc))
     self.teacher_config = config.copy_and_resolve_references()
-    self.teacher_config.sample.update(sampler=cc.teacher_solver, time_grid=cc.time_grid)
+    self.teacher_config.sample.sampler = cc.teacher_solver
 
   def init(self, rng, teacher_params):
     check_teacher(self.network, self.config.data.shape, teacher_params)
     return jax.tree.map(jnp.copy, teacher_params)
 
+  def target_ema_decay(self):
+    """consistency.mu for target='ema' (the trainer's second EMA, beside the sampling EMA)."""
+    cc = self.config.consistency
+    return cc.mu if cc.target == "ema" else None
+
   def stages(self):
     num_steps = self.config.sample.num_steps
-    return [Stage(self.config.consistency.steps_per_stage, {"num_steps": num_steps, "grid": n},
-                  f"N{n}") for n in self.schedule]
+    return [Stage(updates, {"num_steps": num_steps, "grid": n}, f"N{n}")
+            for n, updates in self.schedule]
 
   def teacher_evaluations_per_example(self, stage):
     """One teacher ODE step: 1 network call for 'ddim', one per tableau stage otherwise."""
@@ -210,25 +267,27 @@ class ConsistencyDistillation(Method):
   def loss(self, params, frozen, batch, rng, stage, ema=None):
     cc = self.config.consistency
     if cc.target == "ema" and ema is None:
-      raise ValueError("consistency.target='ema' needs the EMA parameters (the trainer passes "
-                       "them as `ema`).")
+      raise ValueError("consistency.target='ema' needs the target EMA (the trainer passes it "
+                       "as `ema`).")
     cond_rng, loss_rng = jax.random.split(rng)
     cond = training_cond(self.config, batch, cond_rng)
     losses = consistency_loss(self.student, params, TARGETS[cc.target](params, ema),
                               self.denoise, frozen, batch["image"], cond, loss_rng,
                               stage["grid"], self.process, cc.teacher_solver, cc.distance,
-                              cc.time_grid)
+                              self.grid)
     return jnp.mean(losses), {"loss": jnp.mean(losses)}
 
   def sample(self, params, rng, num_samples, stage):
-    """`sample.sampler` (the presets: 'consistency') over f, from training.samples.sample_images' noise."""
+    """`sample.sampler` (the presets: 'consistency') over f, from training.samples.sample_images'
+    noise, on the last stage's training grid (`sampling.grids.on_training_grid`, with
+    `consistency.sample_ts`)."""
     return sample_images(self.config, self.student, self.process, params, rng, num_samples,
-                         stage["num_steps"])
+                         stage["num_steps"], time_grid=self.sample_grid)
 
   def stage_metrics(self, params, frozen, rng, stage):
     """The student's stage['num_steps'] sample vs the teacher's N-step solve of the ODE (the
     flow map f learns), from the same noise and labels."""
     n = self.config.consistency.fidelity_samples
     teacher = sample_images(self.teacher_config, self.denoise, self.process, frozen, rng, n,
-                            stage["grid"])
+                            stage["grid"], time_grid=self.grid)
     return fidelity_metrics(self.sample(params, rng, n, stage), teacher)

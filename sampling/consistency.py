@@ -11,10 +11,12 @@ With the grid t_N = 1 > t_{N-1} > ... > t_0 = 0:
 the renoising being `sampling.steps.renoise_step` from the boundary (in EDM's sigma:
 x + sqrt(t_i^2 - eps^2) xi, as the reference's `stochastic_iterative_sampler`). One network
 evaluation per step; N = 1 is the one-step sampler x = f(z_1, 1). For any other Denoiser
-its x_hat plays f. The reference clamps x to [-1, 1] before renoising: through
+its x_hat plays f. `time_grid` may be a grid function: a consistency student samples
+`sampling.grids.on_training_grid` of its training grid (the reference's `ts` are indices
+into it; a student is not trained between its points). The reference clamps x to [-1, 1] before renoising: through
 training.samples.sample_images that is `sample.clip_x` (sampling.clipping).
 """
-from sampling.grids import get_grid
+from sampling.grids import resolve
 from sampling.samplers import _noise, _run, register
 from sampling.steps import renoise_step, scales
 
@@ -23,7 +25,7 @@ from sampling.steps import renoise_step, scales
 def consistency(denoise, params, z, cond=None, *, process, num_steps, rng=None,
                 time_grid="uniform", return_trajectory=False):
   """Multistep consistency sampling from z at t = 1 (module docstring); stochastic (rng)."""
-  grid = get_grid(time_grid)
+  grid = resolve(time_grid)
   boundary = process.alpha_sigma(0.0)
 
   def body(j, z):

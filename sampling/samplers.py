@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from diffusion.parameterization import Prediction
 from diffusion.registry import Registry
 from sampling import ode
-from sampling.grids import get_grid
+from sampling.grids import resolve
 from sampling.noise import normal_like
 from sampling.steps import ancestral_step, ddim_step, scales, stochastic_step
 
@@ -99,7 +99,7 @@ def ddim(denoise, params, z, cond=None, *, process, num_steps, rng=None,
          time_grid="uniform", return_trajectory=False):
   """Deterministic DDIM: z_s = alpha_s x_hat + sigma_s eps_hat, from t = 1 to 0."""
   del rng
-  grid = get_grid(time_grid)
+  grid = resolve(time_grid)
 
   def body(j, z):
     i = num_steps - j
@@ -113,7 +113,7 @@ def ddim(denoise, params, z, cond=None, *, process, num_steps, rng=None,
 def ancestral(denoise, params, z, cond=None, *, process, num_steps, rng=None,
               time_grid="uniform", return_trajectory=False):
   """Ancestral sampling: z_s ~ q(z_s | z_t, x = x_hat) at every step (DDPM posterior)."""
-  grid = get_grid(time_grid)
+  grid = resolve(time_grid)
 
   def body(j, z):
     i = num_steps - j
@@ -131,7 +131,7 @@ def stochastic(denoise, params, z, cond=None, *, process, num_steps, rng=None,
   then renoise back to t_b = t_{i-1}. The last step (i = 1, t_a clamped to t_0 = t_b = 0)
   is the deterministic DDIM step, since the renoise from 0 to 0 is the identity.
   """
-  grid = get_grid(time_grid)
+  grid = resolve(time_grid)
 
   def body(j, z):
     i = num_steps - j
@@ -152,7 +152,7 @@ def ddim_encode(denoise, params, x, cond=None, *, process, num_steps, rng=None,
   alpha_{t_1} x (no network call at t = 0). Returns z at t = 1.
   """
   del rng
-  grid = get_grid(time_grid)
+  grid = resolve(time_grid)
 
   def body(j, z):
     pred = denoise(params, z, grid(j, num_steps), cond)
@@ -175,7 +175,7 @@ def _ode_sampler(name: str, tableau: ode.Tableau):
   def sampler(denoise, params, z, cond=None, *, process, num_steps, rng=None,
               time_grid="uniform", return_trajectory=False):
     del rng
-    grid = get_grid(time_grid)
+    grid = resolve(time_grid)
     f = lambda z, t: ode.velocity(denoise, params, z, t, cond, process)
 
     def body(j, z):

@@ -43,13 +43,15 @@ def mlp_denoiser(process, parameterization="v", num_classes=0):
 def consistency_section(**overrides):
   return ml_collections.ConfigDict(dict(
       dict(schedule=(8,), steps_per_stage=10, teacher_solver="heun", time_grid="uniform",
-           target="online", distance="l2", sigma_data=0.5, fidelity_samples=16), **overrides))
+           target="online", mu=0.9, distance="l2", sigma_data=0.5, sample_ts="", n_of_k=(),
+           fidelity_samples=16), **overrides))
 
 
 def gmm_consistency_config(**overrides):
   c = gmm_config(method="consistency")
   c.consistency = consistency_section(**overrides)
   c.sample.update(sampler="consistency", num_steps=1, clip_x=False)   # 2-D data: no clipping
+  c.eval.num_steps = "1,2,4"
   return c
 
 
@@ -143,8 +145,9 @@ def test_gradients_reach_only_the_student():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def train_on_gaussian(process, n, steps, lr=2e-3, batch=256, time_grid="quadratic"):
-  """Adam on L_CD^N (heun teacher, online target) with the analytic Gaussian teacher."""
+def train_on_gaussian(process, n, steps, lr=2e-3, batch=256, time_grid="quadratic", mu=0.0):
+  """Adam on L_CD^N (heun teacher) with the analytic Gaussian teacher; the target is the
+  online params (mu = 0) or their EMA at rate mu."""
   network, denoise = mlp_denoiser(process)
   student = consistency.consistency_function(denoise, process, 0.5)
   teacher = analytic_denoiser(gaussian(MEAN, VAR), process)
@@ -152,19 +155,20 @@ def train_on_gaussian(process, n, steps, lr=2e-3, batch=256, time_grid="quadrati
   data = gaussian(MEAN, VAR)
 
   @jax.jit
-  def update(params, opt_state, rng):
+  def update(params, target, opt_state, rng):
     x_rng, loss_rng = jax.random.split(rng)
     x, _ = data.sample(x_rng, batch)
     grads = jax.grad(lambda p: jnp.mean(consistency.consistency_loss(
-        student, p, p, teacher, None, x, None, loss_rng, n, process,
+        student, p, p if mu == 0 else target, teacher, None, x, None, loss_rng, n, process,
         time_grid=time_grid)))(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+    params = optax.apply_updates(params, updates)
+    return params, jax.tree.map(lambda e, p: mu * e + (1 - mu) * p, target, params), opt_state
 
   params = init_params(network, jax.random.key(0), (2,))
-  initial, opt_state = params, tx.init(params)
+  initial, target, opt_state = params, params, tx.init(params)
   for i in range(steps):
-    params, opt_state = update(params, opt_state, jax.random.key(1000 + i))
+    params, target, opt_state = update(params, target, opt_state, jax.random.key(1000 + i))
   return student, initial, params
 
 
@@ -215,7 +219,7 @@ def teacher_dir(tmp_path_factory):
 def run_config(teacher_dir, num_train_steps):
   config = consistency_configs.consistency_config(
       tiny_teacher_config(), (2, 4), steps_per_stage=3, lr=1e-3, batch_size=16, ema_decay=0.9,
-      target="ema", fidelity_samples=8)
+      target="ema", mu=0.5, fidelity_samples=8)
   config.sample.update(num_samples=8, batch_size=8)
   config.teacher.workdir = teacher_dir
   config.num_train_steps = num_train_steps
@@ -225,7 +229,8 @@ def run_config(teacher_dir, num_train_steps):
 
 def _leaves(state):
   return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(
-      (state.params, state.ema_params, state.opt_state, state.step, state.stage_index)))]
+      (state.params, state.ema_params, state.target_params, state.opt_state, state.step,
+       state.stage_index)))]
 
 
 @pytest.fixture(scope="module")

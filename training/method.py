@@ -14,11 +14,14 @@ The trainer knows methods only through this interface:
   heldout_loss(params, frozen, batch, rng, stage) -> scalar scored every `eval_every_steps`
 
 `stage` reaches `loss` as a dict of scalar arrays (`Stage.args`), a jit argument,
-so one compiled train step serves every stage. `ema` is the EMA of the trained
-parameters before this update (the target network of consistency-style losses); the
-gradient is taken with respect to `params` only.
+so one compiled train step serves every stage. `ema` is an EMA of the trained parameters
+before this update (the target network of consistency-style losses): the second, target EMA
+(rate `target_ema_decay()`, never restarted) when the method asks for one, else the sampling
+EMA (optim.ema_decay); the gradient is taken with respect to `params` only.
 
-Class attributes: `needs_teacher` (the trainer loads the EMA parameters of the workdir named
+Class attributes: `restart_at_stage` (True: Adam and the sampling EMA restart at every stage
+boundary, as progressive distillation's stages are new students; False: they run on across a
+curriculum, as consistency's N(k) and the Catch-Up one-step points); `needs_teacher` (the trainer loads the EMA parameters of the workdir named
 by the config key `teacher_workdir_key`, by default `teacher.workdir`, and passes them to
 `init` / `init_frozen`; Matryoshka's growth names `mdm.inner_workdir`); `needs_data` (False
 for data-free methods: the trainer opens no dataset and the batch is only {'index': int32
@@ -65,9 +68,15 @@ class Method(abc.ABC):
   needs_teacher = False
   teacher_workdir_key = "teacher.workdir"
   needs_data = True
+  restart_at_stage = True
 
   def __init__(self, config):
     self.config = config
+
+  def target_ema_decay(self) -> Optional[float]:
+    """None, or the rate mu of a second EMA of params, the loss's `ema` (theta- <- mu theta- +
+    (1 - mu) theta after every update; never restarted at a stage boundary)."""
+    return None
 
   @abc.abstractmethod
   def init(self, rng, teacher_params: Optional[Params]) -> Params:

@@ -52,13 +52,14 @@ def initial_noise(config, rng, num_samples: int, shapes=None):
 
 
 def sample_images(config, denoise, process, params, rng, num_samples: int, num_steps,
-                  guidance_weight=None, shapes=None):
+                  guidance_weight=None, shapes=None, time_grid=None):
   """Images from `config.sample.sampler` with `num_steps` steps, starting at z_1 ~ N(0, I)
   (a nested z of `shapes` with a pytree of processes gives one output per resolution).
 
   Class-conditional models get `sample_cond` and, when guidance_weight (default
   `sample.guidance_weight`) is non-zero, classifier-free guidance; with `sample.clip_x`
   every step's x_hat (after guidance) is clipped to [-1, 1] (sampling.clipping).
+  time_grid: a grid name or function in place of `sample.time_grid`.
   """
   sc = config.sample
   if get_sampler(sc.sampler).maps_data_to_noise:
@@ -76,7 +77,7 @@ def sample_images(config, denoise, process, params, rng, num_samples: int, num_s
   z, sampler_rng = initial_noise(config, rng, num_samples, shapes)
   return get_sampler(sc.sampler)(denoise, params, z, sample_cond(config, num_samples, w),
                                  process=process, num_steps=num_steps, rng=sampler_rng,
-                                 time_grid=sc.time_grid)
+                                 time_grid=time_grid or sc.time_grid)
 
 
 def ddim_samples(config, denoise, process, params, rng, num_samples: int, num_steps):

@@ -14,3 +14,4 @@ class TrainState:
   opt_state: Any           # optax state (restarts at every stage)
   frozen: Any              # what the loss sees but does not train (the teacher)
   rng: jax.Array           # base PRNG key; step k uses fold_in(rng, k)
+  target_params: Any = None   # a second EMA of params (the method's target_ema_decay), or None

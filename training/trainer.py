@@ -84,7 +84,8 @@ def train_step(method, tx, optim_config, state: TrainState, batch, stage):
   """One update: loss and gradient, Adam (skipped if non-finite), EMA, metrics."""
   rng = jax.random.fold_in(state.rng, state.step)
   (loss, metrics), grads = jax.value_and_grad(method.loss, has_aux=True)(
-      state.params, state.frozen, batch, rng, stage, ema=state.ema_params)
+      state.params, state.frozen, batch, rng, stage,
+      ema=state.ema_params if state.target_params is None else state.target_params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   lr = learning_rate(optim_config, state.step - stage["first_step"], stage["num_updates"])
   scales = method.lr_scales(state.params)
@@ -94,14 +95,21 @@ def train_step(method, tx, optim_config, state: TrainState, batch, stage):
     updates = jax.tree.map(lambda u, f: -lr * f * u, updates, scales)
   params = optax.apply_updates(state.params, updates)
   finite = opt_state.last_finite
-  decay = ema_decay(optim_config, state.step - stage["first_step"])
-  ema = jax.tree.map(lambda e, p: jnp.where(finite, decay * e + (1.0 - decay) * p, e),
-                     state.ema_params, params)
+  ema_step = state.step - (stage["first_step"] if method.restart_at_stage else 0)
+  ema = _ema_update(state.ema_params, params, ema_decay(optim_config, ema_step), finite)
+  target = (None if state.target_params is None else
+            _ema_update(state.target_params, params, method.target_ema_decay(), finite))
   metrics = dict(metrics, loss=loss, lr=lr, grad_norm=optax.tree.norm(grads),
                  nonfinite_in_row=opt_state.notfinite_count)
   new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
-                            opt_state=opt_state)
+                            opt_state=opt_state, target_params=target)
   return new_state, metrics
+
+
+def _ema_update(ema, params, decay, finite):
+  """decay * ema + (1 - decay) * params, or ema unchanged after a skipped (non-finite) update."""
+  return jax.tree.map(lambda e, p: jnp.where(finite, decay * e + (1.0 - decay) * p, e),
+                      ema, params)
 
 
 def init_state(method, tx, init_rng, state_rng, teacher_params):
@@ -109,14 +117,19 @@ def init_state(method, tx, init_rng, state_rng, teacher_params):
   return TrainState(step=jnp.zeros([], jnp.int32), stage_index=jnp.zeros([], jnp.int32),
                     params=params, ema_params=jax.tree.map(jnp.copy, params),
                     opt_state=tx.init(params), frozen=method.init_frozen(teacher_params),
-                    rng=state_rng)
+                    rng=state_rng,
+                    target_params=(None if method.target_ema_decay() is None
+                                   else jax.tree.map(jnp.copy, params)))
 
 
 def _next_stage(method, tx, state: TrainState, index):
-  """Stage boundary: the method updates `frozen` (student -> teacher); Adam and the EMA restart."""
-  return state.replace(stage_index=jnp.asarray(index, jnp.int32),
-                       frozen=method.next_frozen(state.frozen, state.params),
-                       ema_params=jax.tree.map(jnp.copy, state.params),
+  """Stage boundary: the method updates `frozen` (student -> teacher); Adam and the sampling
+  EMA restart if `method.restart_at_stage`; the target EMA never does."""
+  state = state.replace(stage_index=jnp.asarray(index, jnp.int32),
+                        frozen=method.next_frozen(state.frozen, state.params))
+  if not method.restart_at_stage:
+    return state
+  return state.replace(ema_params=jax.tree.map(jnp.copy, state.params),
                        opt_state=tx.init(state.params))
 
 
@@ -177,7 +190,7 @@ class Trainer:
     return TrainState(step=shapes(saved["step"]), stage_index=shapes(saved["stage_index"]),
                       params=params, ema_params=shapes(saved["ema_params"]),
                       opt_state=opt_state, frozen=shapes(saved["frozen"]),
-                      rng=shapes(saved["rng"]))
+                      rng=shapes(saved["rng"]), target_params=shapes(saved.get("target_params")))
 
   def _make_data_iterator(self):
     """The training batches: the dataset's, or only example indices for a data-free method
