@@ -85,6 +85,15 @@ def pairs(config, workdir):
   write_offline_data(config, workdir)
 
 
+def plan(config, workdir):
+  from commands.plan import DoesNotFit, plan_run
+  from infra.topology import NoLibtpuError
+  try:
+    plan_run(config, workdir)
+  except (DoesNotFit, NoLibtpuError) as e:
+    sys.exit(str(e))
+
+
 def pipeline(config, workdir):
   if "parts" not in config:
     raise app.UsageError("--mode=pipeline needs --config=configs/pipeline.py[:preset].")
@@ -93,11 +102,12 @@ def pipeline(config, workdir):
 
 
 MODES = {"train": train, "sample": sample, "eval": evaluate, "pairs": pairs,
-         "pipeline": pipeline}
+         "pipeline": pipeline, "plan": plan}
 flags.DEFINE_enum("mode", "train", list(MODES),
                   "What to do (pairs: write the offline teacher samples a method such as "
                   "denoising_student trains on, resumable; pipeline: teacher, distillation and "
-                  "report; use configs/pipeline.py).")
+                  "report; use configs/pipeline.py; plan: compile for a TPU topology with "
+                  "libtpu and print per-chip memory and FLOPs, --config.plan.*).")
 
 FLAGS = flags.FLAGS
 
