@@ -66,9 +66,9 @@ def lower_sample(config, method, mesh, state, shardings):
     return sample.lower(params, rng, config.sample.batch_size, stage)
 
 
-def plan_run(config, workdir: str, report=print) -> dict:
-  """Plan `config` for the slice `plan.topology`; returns the table's row (also written to
-  <workdir>/plan_<program>.json and .md); raises DoesNotFit when the peak exceeds HBM."""
+def plan(config, report=print) -> dict:
+  """The plan of `config` on the slice `plan.topology` as one row of the table (with
+  plan.compile=False only the state's bytes, from shapes)."""
   program = config.plan.program
   if program not in PROGRAMS:
     raise ValueError(f"plan.program={program!r}; choose one of {PROGRAMS}.")
@@ -83,11 +83,14 @@ def plan_run(config, workdir: str, report=print) -> dict:
   shardings = state_layout(config, mesh, state)
   row = dict(method=config.method, program=program, topology=config.plan.topology,
              chip=chip.name, chips=len(devices) // per_chip, devices=len(devices),
-             fsdp=config.mesh.fsdp, global_batch=batch, device_batch=batch // len(devices))
+             fsdp=config.mesh.fsdp, global_batch=batch, device_batch=batch // len(devices),
+             hbm_bytes=chip.hbm_bytes / per_chip)
   for part in STATE_PARTS:
     row[f"{part}_count"], row[f"{part}_bytes"], row[f"{part}_device_bytes"] = tree_bytes(
         getattr(state, part), getattr(shardings, part))
-  report(format_plan(row, chip, per_chip))   # from shapes alone: at once
+  report(format_plan(row))   # from shapes alone: at once
+  if not config.plan.compile:
+    return row
   report(f"compiling the {program} program of {config.method!r} for {config.plan.topology} "
          f"({len(devices)} devices; a big UNet takes many minutes on a small CPU)")
   start = time.time()
@@ -97,16 +100,23 @@ def plan_run(config, workdir: str, report=print) -> dict:
                                    report=report)
   row["compile_s"] = round(time.time() - start, 1)
   row.update(program_stats(compiled))
-  row["hbm_bytes"] = chip.hbm_bytes / per_chip
   row["fits"] = row["peak_bytes"] <= row["hbm_bytes"]
   row["roofline_s"] = roofline_seconds(row["flops"], row["bytes_accessed"],
                                        chip.peak_flops / per_chip, chip.hbm_bandwidth / per_chip)
-  text = format_plan(row, chip, per_chip)
-  report(text)
+  report(format_plan(row))
+  return row
+
+
+def plan_run(config, workdir: str, report=print) -> dict:
+  """`--mode=plan`: `plan`, its table written to <workdir>/plan_<program>.json and .md;
+  raises DoesNotFit when the peak exceeds the chip's HBM."""
+  row = plan(config, report)
+  if not config.plan.compile:
+    return row
   out = workdir_path(workdir)
   out.mkdir(parents=True, exist_ok=True)
-  (out / f"plan_{program}.json").write_text(json.dumps(row, indent=1))
-  (out / f"plan_{program}.md").write_text(text + "\n")
+  (out / f"plan_{row['program']}.json").write_text(json.dumps(row, indent=1))
+  (out / f"plan_{row['program']}.md").write_text(format_plan(row) + "\n")
   if not row["fits"]:
     raise DoesNotFit(does_not_fit_message(row, config))
   return row
@@ -117,12 +127,13 @@ def _gib(n) -> str:
   return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / 2**20:.2f} MiB"
 
 
-def format_plan(row: dict, chip, per_chip: int) -> str:
+def format_plan(row: dict) -> str:
   """The plan as a two-column markdown table (the compiled rows once there are any)."""
+  per_chip = row["devices"] // row["chips"]
   device = "chip" if per_chip == 1 else f"device (1/{per_chip} chip)"
   lines = [f"| {row['method']} {row['program']} on {row['topology']} | |", "|---|---|",
-           f"| chips x devices | {row['chips']} x {row['devices'] // row['chips']} "
-           f"({chip.name}; mesh fsdp={row['fsdp']}) |",
+           f"| chips x devices | {row['chips']} x {per_chip} "
+           f"({row['chip']}; mesh fsdp={row['fsdp']}) |",
            f"| batch global / per {device} | {row['global_batch']} / {row['device_batch']} |"]
   for part, name in STATE_PARTS.items():
     lines.append(f"| {name}: elements, bytes (per {device}) | {row[part + '_count']:,}, "

@@ -48,8 +48,9 @@ def base_config(dataset: str = "digits") -> ml_collections.ConfigDict:
 
   # --mode=plan (commands/plan.py): compile `program` (train: the train step; sample: the
   # sampling program of --mode=sample) for the TPU `topology` (e.g. v5e:4x4, v4:2x2x2,
-  # v5p:2x2x1, v6e:2x2) on this machine with libtpu, and print per-chip memory and FLOPs.
-  c.plan = ml_collections.ConfigDict(dict(topology="v5e:4x4", program="train"))
+  # v5p:2x2x1, v6e:2x2) on this machine with libtpu, and print per-chip memory and FLOPs;
+  # compile=False: only the state's bytes from its shapes (instant).
+  c.plan = ml_collections.ConfigDict(dict(topology="v5e:4x4", program="train", compile=True))
 
   c.batch_size = 64
   c.num_train_steps = 2000
