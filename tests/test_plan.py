@@ -108,3 +108,21 @@ def test_without_libtpu_it_says_how_to_install_it(tmp_path, monkeypatch):
                       lambda name, *a: None if name == "libtpu" else real(name, *a))
   with pytest.raises(topology.NoLibtpuError, match=r"pip install libtpu==0\.0\.42\.1"):
     plan_run(_config(), str(tmp_path), report=lambda _: None)
+
+
+def test_the_teacher_shapes_come_from_its_workdir(tmp_path, monkeypatch):
+  """With a trained teacher in teacher.workdir its checkpoint gives the shapes (the config's
+  route is closed here); the state's bytes come without compiling."""
+  from infra.mesh import make_mesh
+  from tests.pod_configs import tiny_distill
+  from training.method import Method
+  from training.trainer import Trainer
+  Trainer(tiny_teacher_config(num_train_steps=1), str(tmp_path / "teacher"), make_mesh(1)).run()
+  config = tiny_distill()
+  config.teacher.workdir = str(tmp_path / "teacher")
+  config.plan.update(topology="v5e:2x2", compile=False)
+  monkeypatch.setattr(Method, "teacher_shapes", lambda self: pytest.fail("read the config"))
+  row = plan_run(config, str(tmp_path / "plan"), report=lambda _: None)
+  count = sum(int(np.prod(s)) for s in _param_shapes(tiny_teacher_config()))
+  assert row["frozen_count"] == row["params_count"] == count
+  assert row["frozen_device_bytes"] == 4 * count and "peak_bytes" not in row
