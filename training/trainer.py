@@ -140,7 +140,8 @@ def _next_stage(method, tx, state: TrainState, index):
 
 
 class Trainer:
-  """Builds everything for a run; `run()` trains to the end (or to a preemption)."""
+  """Builds everything for a run; `run()` trains to the end (or to a preemption). `mesh`:
+  default, all devices with `config.mesh.fsdp`; a given mesh is used as it is."""
 
   def __init__(self, config, workdir: str, mesh=None):
     self.config, self.workdir = config, workdir
