@@ -88,6 +88,15 @@ def pairs(config, workdir):
   write_offline_data(config, workdir)
 
 
+def plan(config, workdir):
+  from commands.plan import DoesNotFit, plan_run
+  from infra.topology import NoLibtpuError
+  try:
+    plan_run(config, workdir)
+  except (DoesNotFit, NoLibtpuError) as e:
+    sys.exit(str(e))
+
+
 def pipeline(config, workdir):
   if "parts" not in config:
     raise app.UsageError("--mode=pipeline needs --config=configs/pipeline.py[:preset].")
@@ -101,12 +110,13 @@ def import_diffusers(config, workdir):
 
 
 MODES = {"train": train, "sample": sample, "eval": evaluate, "pairs": pairs,
-         "pipeline": pipeline, "import": import_diffusers}
+         "pipeline": pipeline, "import": import_diffusers, "plan": plan}
 flags.DEFINE_enum("mode", "train", list(MODES),
                   "What to do (pairs: write the offline teacher samples a method such as "
                   "denoising_student trains on, resumable; pipeline: teacher, distillation and "
                   "report; use configs/pipeline.py; import: a diffusers UNet2DModel teacher "
-                  "from --source into a new workdir).")
+                  "from --source into a new workdir; plan: compile for a TPU topology with "
+                  "libtpu and print per-chip memory and FLOPs, --config.plan.*).")
 
 FLAGS = flags.FLAGS
 

@@ -45,6 +45,17 @@ def base_config(dataset: str = "digits") -> ml_collections.ConfigDict:
   # optim.ema_rampup > 0: the EMA's half-life is at most ema_rampup x the updates of the stage
   # so far (EDM's ramp-up, 0.05 there; training/optimizer.py:ema_decay); 0 = always ema_decay.
 
+  # The device mesh: fsdp > 1 splits the state's leaves of at least fsdp_min_size elements
+  # (parameters, EMA, Adam moments, the frozen teacher) along an 'fsdp' axis of that size
+  # (infra/mesh.py); 1 = replicated on every device.
+  c.mesh = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size=2**14))
+
+  # --mode=plan (commands/plan.py): compile `program` (train: the train step; sample: the
+  # sampling program of --mode=sample) for the TPU `topology` (e.g. v5e:4x4, v4:2x2x2,
+  # v5p:2x2x1, v6e:2x2) on this machine with libtpu, and print per-chip memory and FLOPs;
+  # compile=False: only the state's bytes from its shapes (instant).
+  c.plan = ml_collections.ConfigDict(dict(topology="v5e:4x4", program="train", compile=True))
+
   c.batch_size = 64
   c.num_train_steps = 2000
   c.log_every_steps = 100

@@ -143,6 +143,10 @@ class MatryoshkaDiffusion(FromData):
                          f"The inner model in mdm.inner_workdir={self.config.mdm.inner_workdir}")
     return dict(params, inner=teacher_params)
 
+  def teacher_shapes(self):
+    """Growth's teacher is the inner model: the shapes of this network's `inner` part."""
+    return jax.eval_shape(lambda: self.init(jax.random.PRNGKey(0)))["inner"]
+
   def loss(self, params, frozen, batch, rng, stage, ema=None):
     """sum_r w_r loss_r (multiresolution_losses) with one t, independent eps_r = normal_like(eps key, pyramid)."""
     xs = pyramid(batch["image"], self.resolutions)

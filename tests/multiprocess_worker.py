@@ -21,6 +21,7 @@ def main(coordinator, num_processes, process_id, workdir, steps, out):
   jax.config.update("jax_compilation_cache_dir",
                     os.path.expanduser("~/.cache/diffusion_distillation_jax"))
   jax.distributed.initialize(coordinator, int(num_processes), int(process_id))
+  import distillation  # noqa: F401  (registers the methods, as main.py's commands import does)
   from tests.tiny_config import tiny_teacher_config
   from training.trainer import Trainer
   trainer = Trainer(tiny_teacher_config(num_train_steps=int(steps)), workdir)

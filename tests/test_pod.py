@@ -223,9 +223,12 @@ def _main_distributed(*args):
 
 @pytest.mark.slow
 def test_two_processes_train_resume_and_sample(tmp_path):
+  """The first 3 steps with the state split along mesh.fsdp = 2 (each process saves its
+  shards); the resume to 6 restores it onto the replicated mesh."""
   workdir = str(tmp_path / "run")
-  for status, err in _two_processes(_main_distributed(f"--workdir={workdir}",
-                                                      "--config.num_train_steps=3")):
+  for status, err in _two_processes(_main_distributed(
+      f"--workdir={workdir}", "--config.num_train_steps=3", "--config.mesh.fsdp=2",
+      "--config.mesh.fsdp_min_size=256")):
     assert status == 0, err[-3000:]
   assert checkpoint.make_manager(workdir, read_only=True).latest_step() == 3
 

@@ -10,6 +10,7 @@ The trainer knows methods only through this interface:
   next_frozen(frozen, params) -> frozen for the next stage (e.g. student -> teacher)
   sample(params, rng, num_samples, stage) -> images of the stage's default sampler
   stage_metrics(params, frozen, rng, stage) -> metrics logged at the end of a stage
+  teacher_shapes() -> the teacher parameters `init` takes, as shapes (planning without them)
   offline_data() -> None, or the spec of offline teacher samples to train on (training/offline.py)
   heldout_loss(params, frozen, batch, rng, stage) -> scalar scored every `eval_every_steps`
 
@@ -31,8 +32,10 @@ import abc
 import dataclasses
 from typing import Any, Optional
 
+import jax
 import jax.numpy as jnp
 
+from diffusion.networks import init_params
 from diffusion.registry import Registry
 from training.samples import sample_images
 
@@ -103,6 +106,14 @@ class Method(abc.ABC):
     """Teacher network evaluations per training example in one update of `stage` (the
     training cost the comparison report shows); 0 for methods that learn from data."""
     return 0.0
+
+  def teacher_shapes(self):
+    """The teacher parameters `init` takes, as jax.ShapeDtypeStructs (`--mode=plan` without
+    the teacher's workdir): by default those of the method's `teacher_network` (else its
+    `network`) at data.shape."""
+    network = getattr(self, "teacher_network", None) or self.network
+    return jax.eval_shape(lambda: init_params(network, jax.random.PRNGKey(0),
+                                              tuple(self.config.data.shape)))
 
   def offline_data(self):
     """None, or a training.offline.OfflineData: the method trains on offline samples of its

@@ -1,6 +1,7 @@
 """The one trainer: any Method, any stage schedule, 1 device to a multi-host pod.
 
-jit over a Mesh: the batch is sharded along 'data', the state is replicated.
+jit over a Mesh: the batch is split over the devices, the state is replicated, or with
+`mesh.fsdp` > 1 its large leaves are split along the mesh's 'fsdp' axis (infra/mesh.py).
 Steps run to the end of the method's schedule, or to `config.num_train_steps` if smaller; a
 restarted run resumes from the latest checkpoint in the workdir, bit for bit (onto the saved
 shapes: a distillation's teacher is in the checkpoint, its workdir is not read again).
@@ -22,7 +23,8 @@ from jax.experimental import multihost_utils
 
 from infra import checkpoint
 from infra.grid import make_grid, save_grid
-from infra.mesh import check_batch_size, make_mesh, replicated, shard_batch
+from infra.mesh import (check_batch_size, make_mesh, replicated, shard_batch, state_shardings,
+                        with_shardings)
 from training import data, offline_run
 from training.method import get_method
 from training.optimizer import ema_decay, learning_rate, make_optimizer
@@ -122,6 +124,23 @@ def init_state(method, tx, init_rng, state_rng, teacher_params):
                                    else jax.tree.map(jnp.copy, params)))
 
 
+def state_layout(config, mesh, shapes):
+  """The shardings of a train state (shapes) on `mesh` by the config's fsdp rule."""
+  return state_shardings(mesh, shapes, config.mesh.fsdp_min_size)
+
+
+def jit_train_step(method, tx, optim_config, mesh, shardings):
+  """`train_step` jitted: the state donated and laid out as `shardings`, metrics replicated."""
+  return jax.jit(functools.partial(train_step, method, tx, optim_config), donate_argnums=0,
+                 out_shardings=(shardings, replicated(mesh)))
+
+
+def stage_args(stage, first_step: int) -> dict:
+  """The loss's `stage` argument: the stage's args, its length and its first step."""
+  return dict(stage.jax_args(), num_updates=jnp.asarray(stage.num_updates),
+              first_step=jnp.asarray(first_step))
+
+
 def _next_stage(method, tx, state: TrainState, index):
   """Stage boundary: the method updates `frozen` (student -> teacher); Adam and the sampling
   EMA restart if `method.restart_at_stage`; the target EMA never does."""
@@ -134,11 +153,12 @@ def _next_stage(method, tx, state: TrainState, index):
 
 
 class Trainer:
-  """Builds everything for a run; `run()` trains to the end (or to a preemption)."""
+  """Builds everything for a run; `run()` trains to the end (or to a preemption). `mesh`:
+  default, all devices with `config.mesh.fsdp`; a given mesh is used as it is."""
 
   def __init__(self, config, workdir: str, mesh=None):
     self.config, self.workdir = config, workdir
-    self.mesh = mesh or make_mesh()
+    self.mesh = mesh or make_mesh(fsdp=config.mesh.fsdp)
     check_batch_size(self.mesh, config.batch_size)
     self.method = get_method(config)
     # The data first: a missing dataset fails before anything compiles.
@@ -152,7 +172,6 @@ class Trainer:
                       "run again with a larger value to continue.", self.total_steps,
                       self.bounds[-1])
     self.tx = make_optimizer(config.optim)
-    rep = replicated(self.mesh)
     self.manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints,
                                            keep_steps=self.bounds[1:],
                                            track_best=config.eval_every_steps > 0)
@@ -160,16 +179,17 @@ class Trainer:
     if latest is None:
       teacher = (load_teacher(config, self.mesh, self.method.teacher_workdir_key)
                  if self.method.needs_teacher else None)
-      init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-      self.state = jax.jit(functools.partial(init_state, self.method, self.tx),
-                           out_shardings=rep)(init_rng, state_rng, teacher)
+      keys = jax.random.split(jax.random.PRNGKey(config.seed))
+      init = functools.partial(init_state, self.method, self.tx)
+      self.shardings = state_layout(config, self.mesh, jax.eval_shape(init, *keys, teacher))
+      self.state = jax.jit(init, out_shardings=self.shardings)(*keys, teacher)
     else:   # shapes only: _resume fills them in, without the teacher's workdir
-      self.state = self._saved_shapes(latest)
-    self.step_fn = jax.jit(
-        functools.partial(train_step, self.method, self.tx, config.optim),
-        donate_argnums=0, out_shardings=(rep, rep))
+      shapes = self._saved_shapes(latest)
+      self.shardings = state_layout(config, self.mesh, shapes)
+      self.state = with_shardings(shapes, self.shardings)
+    self.step_fn = jit_train_step(self.method, self.tx, config.optim, self.mesh, self.shardings)
     self.next_stage_fn = jax.jit(functools.partial(_next_stage, self.method, self.tx),
-                                 donate_argnums=0, out_shardings=rep)
+                                 donate_argnums=0, out_shardings=self.shardings)
     self.sample_fn = jax.jit(self.method.sample, static_argnums=2)
     self.stage_metrics_fn = jax.jit(self.method.stage_metrics)
     self.stopped_early = False
@@ -177,16 +197,14 @@ class Trainer:
     self._resume()
 
   def _saved_shapes(self, step) -> TrainState:
-    """The TrainState of checkpoint `step` as shapes and dtypes (replicated), from its
-    metadata: params, EMA and `frozen` as saved, the optimizer state derived from params."""
+    """The TrainState of checkpoint `step` as shapes and dtypes, from its metadata: params,
+    EMA and `frozen` as saved, the optimizer state derived from params."""
     saved = checkpoint.state_metadata(self.manager, step)
-    rep = replicated(self.mesh)
     shapes = lambda tree: jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rep), tree,
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree,
         is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
     params = shapes(saved["params"])
-    opt_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
-                             jax.eval_shape(self.tx.init, params))
+    opt_state = jax.eval_shape(self.tx.init, params)
     return TrainState(step=shapes(saved["step"]), stage_index=shapes(saved["stage_index"]),
                       params=params, ema_params=shapes(saved["ema_params"]),
                       opt_state=opt_state, frozen=shapes(saved["frozen"]),
@@ -218,9 +236,7 @@ class Trainer:
   def stage_args(self, index):
     """The loss's `stage` argument: the stage's args, its length and first step (cached)."""
     if index not in self._stage_args:
-      stage = self.stages[index]
-      self._stage_args[index] = dict(stage.jax_args(), num_updates=jnp.asarray(stage.num_updates),
-                                     first_step=jnp.asarray(self.bounds[index]))
+      self._stage_args[index] = stage_args(self.stages[index], self.bounds[index])
     return self._stage_args[index]
 
   def save(self, step, force=False, metrics=None):
