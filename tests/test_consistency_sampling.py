@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import consistency as consistency_configs
-from diffusion.analytic import gaussian, gaussian_flow_map
+from diffusion.analytic import gaussian_flow_map
 from diffusion.parameterization import Prediction
 from diffusion.processes import CosineVP, LinearFlow
 from distillation import consistency
