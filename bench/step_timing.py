@@ -10,7 +10,7 @@ import distillation  # noqa: F401  (registers the methods)
 from infra.mesh import make_mesh, replicated, shard_batch
 from training.method import get_method
 from training.optimizer import make_optimizer
-from training.trainer import init_state, train_step
+from training.step import init_state, train_step
 
 
 def time_train_step(config, stage_args: dict, teacher_params=None, steps: int = 5) -> dict:

@@ -26,7 +26,7 @@ from infra.topology import GiB, chip_of, topology_devices
 from training.abstract import batch_shapes, state_shapes, teacher_shapes
 from training.method import get_method
 from training.optimizer import make_optimizer
-from training.trainer import jit_train_step, stage_args, state_layout
+from training.step import jit_train_step, stage_args, state_layout
 
 PROGRAMS = ("train", "sample")
 STATE_PARTS = {"params": "student", "ema_params": "EMA", "opt_state": "optimizer",

@@ -9,7 +9,7 @@ import pytest
 
 from training.method import Method, Stage
 from training.optimizer import make_optimizer
-from training.trainer import _next_stage, init_state, train_step
+from training.step import init_state, next_stage, train_step
 
 OPTIM = ml_collections.ConfigDict(dict(lr=0.1, warmup_steps=0, schedule="constant", grad_clip=1e9,
                                        b1=0.9, b2=0.999, ema_decay=0.5, ema_rampup=0.0))
@@ -67,7 +67,7 @@ def test_target_ema_reaches_the_loss_and_moves_at_its_own_rate(mu):
 def test_stage_boundary_restarts_only_what_the_method_says(restart):
   method, tx = Quadratic(0.75, restart), make_optimizer(OPTIM)
   state, _ = train_step(method, tx, OPTIM, state_of(method, tx), {}, STAGE)
-  crossed = _next_stage(method, tx, state, 1)
+  crossed = next_stage(method, tx, state, 1)
   assert int(crossed.stage_index) == 1
   np.testing.assert_array_equal(crossed.target_params["w"], state.target_params["w"])
   ema = crossed.params["w"] if restart else state.ema_params["w"]

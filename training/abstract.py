@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from infra import checkpoint
-from training.trainer import init_state
+from training.step import init_state
 
 
 def teacher_shapes(config, method):
