@@ -139,6 +139,7 @@ def format_plan(row: dict) -> str:
     lines.append(f"| {name}: elements, bytes (per {device}) | {row[part + '_count']:,}, "
                  f"{_gib(row[part + '_bytes'])} ({_gib(row[part + '_device_bytes'])}) |")
   if "peak_bytes" in row:
+    collectives = ", ".join(f"{k} x{v}" for k, v in sorted(row["collectives"].items()))
     lines += [
         f"| XLA per {device}: arguments / temporaries / outputs | {_gib(row['argument_bytes'])} "
         f"/ {_gib(row['temp_bytes'])} / {_gib(row['output_bytes'])} |",
@@ -146,7 +147,7 @@ def format_plan(row: dict) -> str:
         f"{'fits' if row['fits'] else 'DOES NOT FIT'} |",
         f"| FLOPs per {device} per step | {row['flops']:.4g} |",
         f"| HBM bytes accessed per {device} | {row['bytes_accessed']:.4g} |",
-        f"| collectives | {', '.join(f'{k} x{v}' for k, v in sorted(row['collectives'].items())) or 'none'} |",
+        f"| collectives | {collectives or 'none'} |",
         f"| roofline step time (lower bound) | {row['roofline_s'] * 1e3:.3f} ms |",
         f"| compile time here | {row['compile_s']} s |"]
   return "\n".join(lines)

@@ -45,8 +45,8 @@ theta- is `consistency.target`: 'online' = SG(theta) (mu = 0, the reference's CI
 `target_params = params` with `stopgrad`), or 'ema' = the trainer's target EMA before this
 update, the loss's `ema` argument (theta- <- mu theta- + (1 - mu) theta with mu =
 consistency.mu, the reference's ImageNet-64 CD 0.95), a second EMA beside the sampling one
-(optim.ema_decay, the paper's 0.999943), never restarted across an N curriculum. The student and target calls share one
-dropout key, as in the reference. At s = t_min the target is z_hat_s itself (the boundary).
+(optim.ema_decay, the paper's 0.999943), never restarted across an N curriculum. The student
+and target calls share one dropout key, as in the reference. At s = t_min the target is z_hat_s itself (the boundary).
 
 Teacher solvers (`consistency.teacher_solver`): 'ddim' (z_s = alpha_s x_hat + sigma_s eps_hat,
 exactly the reference's `euler_solver`, an Euler step in EDM's sigma) or a `sampling.ode`
@@ -68,7 +68,8 @@ from diffusion.networks import build_denoiser
 from diffusion.parameterization import Prediction
 from diffusion.processes import broadcast_to
 from diffusion.registry import Registry
-from distillation.common import (check_teacher, fidelity_metrics, grid_sizes, require_sections, training_cond)
+from distillation.common import (check_teacher, fidelity_metrics, grid_sizes, require_sections,
+                                 training_cond)
 from sampling import GRIDS, ode
 from sampling.grids import check_on_training_grid, karras, on_training_grid, resolve
 from sampling.steps import ddim_step

@@ -22,8 +22,8 @@ EMA (optim.ema_decay); the gradient is taken with respect to `params` only.
 
 Class attributes: `restart_at_stage` (True: Adam and the sampling EMA restart at every stage
 boundary, as progressive distillation's stages are new students; False: they run on across a
-curriculum, as consistency's N(k) and the Catch-Up one-step points); `needs_teacher` (the trainer loads the EMA parameters of the workdir named
-by the config key `teacher_workdir_key`, by default `teacher.workdir`, and passes them to
+curriculum, as consistency's N(k) and the Catch-Up one-step points); `needs_teacher` (the
+trainer loads the EMA parameters of the workdir named by the config key `teacher_workdir_key`, by default `teacher.workdir`, and passes them to
 `init` / `init_frozen`; Matryoshka's growth names `mdm.inner_workdir`); `needs_data` (False
 for data-free methods: the trainer opens no dataset and the batch is only {'index': int32
 (B,)}, the global example counter, see training.data.make_index_iterator).
