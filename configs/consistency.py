@@ -38,6 +38,8 @@ The `consistency` section:
   target            'online' (mu = 0) or 'ema' (the trainer's second EMA, rate mu);
   mu                the target EMA's rate (target='ema'; the sampling EMA is optim.ema_decay);
   distance          'l2', 'l1' or 'pseudo_huber';
+  weighting         'uniform' (the paper's lambda = 1) or 'ict' (1 / (sigma_i - sigma_{i-1}),
+                    improved CT's, normalised to mean 1 over the grid);
   sigma_data        sd of the boundary scalings (the paper's 0.5);
   sample_ts         '' or the grid indices the sampler evaluates f at, counted from the noise
                     end (0 = t_N), as the reference's `--ts` without its last (boundary)
@@ -61,7 +63,8 @@ def consistency_config(c, schedule, steps_per_stage, lr, batch_size, ema_decay, 
   c.method = "consistency"
   c.consistency = ml_collections.ConfigDict(dict(
       schedule=tuple(schedule), steps_per_stage=steps_per_stage, teacher_solver="heun",
-      time_grid="karras", target=target, mu=mu, distance="l2", sigma_data=0.5,
+      time_grid="karras", target=target, mu=mu, distance="l2", weighting="uniform",
+      sigma_data=0.5,
       n_of_k=(), sample_ts="", fidelity_samples=fidelity_samples))
   c.model.dropout = 0.0
   c.optim.update(lr=lr, warmup_steps=warmup_steps, schedule="constant", grad_clip=grad_clip,

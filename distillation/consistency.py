@@ -40,7 +40,10 @@ an N-interval `sampling.grids` grid, z_t = alpha_t x + sigma_t eps,
 
   L = d(f_theta(z_t, t), SG[f_theta-(z_hat_s, s)]),   z_hat_s = one teacher ODE step t -> s,
 
-lambda(t) = 1 (the reference's CD runs use `weight_schedule=uniform`). The target network
+lambda(t_i) = 1 (`consistency.weighting='uniform'`: the reference's CD runs use
+`weight_schedule=uniform`), or 'ict': lambda_i = 1 / (sigma_i - sigma_{i-1}) in EDM's sigma
+(Song & Dhariwal 2023, "Improved Techniques for Training Consistency Models", Sec. 3.3),
+divided by its mean over the N intervals so the loss keeps the uniform one's scale. The target network
 theta- is `consistency.target`: 'online' = SG(theta) (mu = 0, the reference's CIFAR-10 CD:
 `target_params = params` with `stopgrad`), or 'ema' = the trainer's target EMA before this
 update, the loss's `ema` argument (theta- <- mu theta- + (1 - mu) theta with mu =
@@ -189,13 +192,36 @@ def sample_ts(cc) -> tuple:
   return tuple(int(r) for r in str(cc.get("sample_ts", "")).split(",") if r.strip())
 
 
+def edm_sigma(process, t):
+  """sigma_t / alpha_t: EDM's noise level of time t."""
+  alpha, sigma = process.alpha_sigma(jnp.asarray(t, jnp.float32))
+  return sigma / alpha
+
+
+def interval_weights(grid, process, i, n, max_n: int, weighting: str):
+  """lambda_i of interval (t_{i-1}, t_i), i of shape (B,) in 1..n: 1 ('uniform') or
+  1 / (sigma_i - sigma_{i-1}) over its mean on the n intervals ('ict'; max_n >= n static)."""
+  if weighting == "uniform":
+    return jnp.ones(jnp.shape(i), jnp.float32)
+  inverse_gap = lambda j: 1.0 / (edm_sigma(process, grid(j, n)) - edm_sigma(process, grid(j - 1, n)))
+  every = jnp.arange(1, max_n + 1)
+  mean = jnp.sum(jnp.where(every <= n, inverse_gap(every), 0.0)) / jnp.asarray(n, jnp.float32)
+  return inverse_gap(i) / mean
+
+
+WEIGHTINGS = ("uniform", "ict")
+
+
 def consistency_loss(student, params, target_params, teacher, teacher_params, x, cond, rng,
                      num_intervals, process, solver: str = "heun", distance: str = "l2",
-                     time_grid="uniform"):
-  """Per-example d(f_theta(z_t, t), SG[f_theta-(z_hat_s, s)]), shape (B,) (paper eq. (7)).
+                     time_grid="uniform", weighting: str = "uniform", max_intervals=None):
+  """Per-example lambda_i d(f_theta(z_t, t), SG[f_theta-(z_hat_s, s)]), shape (B,) (paper
+  eq. (7)).
 
   student: a `consistency_function`; teacher: the teacher's Denoiser; time_grid: a grid
-  name or function (`training_grid`); gradient reaches `params` only through f_theta(z_t, t).
+  name or function (`training_grid`); weighting: `interval_weights`' (max_intervals: a
+  static bound on num_intervals, needed by 'ict'); gradient reaches `params` only through
+  f_theta(z_t, t).
   """
   i_rng, eps_rng, drop_rng = jax.random.split(rng, 3)
   n = jnp.asarray(num_intervals, jnp.int32)
@@ -206,7 +232,8 @@ def consistency_loss(student, params, target_params, teacher, teacher_params, x,
   z_s = teacher_step(solver, teacher, teacher_params, z_t, t, s, cond, process)
   target = jax.lax.stop_gradient(student(target_params, z_s, s, cond, rng=drop_rng).x)
   pred = student(params, z_t, t, cond, rng=drop_rng).x
-  return DISTANCES.lookup(distance)(pred, target)
+  weights = interval_weights(grid, process, i, n, max_intervals or num_intervals, weighting)
+  return weights * DISTANCES.lookup(distance)(pred, target)
 
 
 @register("consistency")
@@ -233,6 +260,9 @@ class ConsistencyDistillation(Method):
     if cc.time_grid not in time_grids():
       raise ValueError(f"Unknown consistency.time_grid {cc.time_grid!r}; choose one of "
                        f"{time_grids()}.")
+    if cc.weighting not in WEIGHTINGS:
+      raise ValueError(f"Unknown consistency.weighting {cc.weighting!r}; choose one of "
+                       f"{list(WEIGHTINGS)}.")
     if cc.teacher_solver not in SOLVERS:
       raise ValueError(f"Unknown consistency.teacher_solver {cc.teacher_solver!r}; choose one "
                        f"of {list(SOLVERS)}.")
@@ -275,7 +305,7 @@ class ConsistencyDistillation(Method):
     losses = consistency_loss(self.student, params, TARGETS[cc.target](params, ema),
                               self.denoise, frozen, batch["image"], cond, loss_rng,
                               stage["grid"], self.process, cc.teacher_solver, cc.distance,
-                              self.grid)
+                              self.grid, cc.weighting, max(n for n, _ in self.schedule))
     return jnp.mean(losses), {"loss": jnp.mean(losses)}
 
   def sample(self, params, rng, num_samples, stage):

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from configs import consistency as consistency_configs
-from diffusion.analytic import gaussian_flow_map
+from diffusion.analytic import analytic_denoiser, gaussian, gaussian_flow_map
+from diffusion.networks import init_params
 from diffusion.parameterization import Prediction
 from diffusion.processes import CosineVP, LinearFlow
 from distillation import consistency
 from sampling import get_sampler
 from sampling.grids import check_on_training_grid, karras, on_training_grid
-from tests.test_consistency import train_on_gaussian
+from tests.test_consistency import mlp_denoiser, train_on_gaussian
 from training.method import get_method
 
 MEAN, VAR = np.array([0.5, -0.3], np.float32), np.array([0.25, 0.04], np.float32)
@@ -151,3 +152,33 @@ def test_after_a_short_fit_more_steps_are_no_worse(grid_name):
       student, params, z, process=process, num_steps=k, rng=jax.random.key(10),
       time_grid=on_training_grid(grid, 16)))) for k in (1, 2, 4)]
   assert max(errors[1:]) <= errors[0] + 0.004, errors
+
+
+def test_ict_weights_are_inverse_sigma_gaps_with_mean_one():
+  """weighting='ict': lambda_i = 1 / (sigma_i - sigma_{i-1}) over its mean on the N intervals,
+  sigma_i the paper's Karras formula (i >= 1) and sigma_0 = exp(-lambda_max / 2) = exp(-10)
+  of the cosine process (t = 0); the per-example loss is lambda_i times the uniform one."""
+  process, n = CosineVP(), 16
+  sigma = [np.exp(-10.0)] + [(0.002 ** (1 / 7) + (i - 1) / (n - 1) * (80 ** (1 / 7) -
+                              0.002 ** (1 / 7))) ** 7 for i in range(1, n + 1)]
+  inverse_gap = 1.0 / np.diff(np.asarray(sigma, np.float64))
+  by_hand = inverse_gap / inverse_gap.mean()
+  grid = karras(process)
+  i = jnp.arange(1, n + 1)
+  got = consistency.interval_weights(grid, process, i, n, 24, "ict")
+  np.testing.assert_allclose(np.asarray(got), by_hand, rtol=5e-3)
+  assert by_hand[0] / by_hand[-1] > 1e4   # the data end's interval dominates
+  np.testing.assert_array_equal(consistency.interval_weights(grid, process, i, n, 24, "uniform"),
+                                np.ones(n))
+  network, denoise = mlp_denoiser(process)
+  params = init_params(network, jax.random.key(0), (2,))
+  student = consistency.consistency_function(denoise, process, 0.5)
+  teacher = analytic_denoiser(gaussian(MEAN, VAR), process)
+  x, _ = gaussian(MEAN, VAR).sample(jax.random.key(1), 64)
+  loss = lambda w: consistency.consistency_loss(student, params, params, teacher, None, x, None,
+                                                jax.random.key(2), n, process, time_grid=grid,
+                                                weighting=w, max_intervals=24)
+  index = jax.random.randint(jax.random.split(jax.random.key(2), 3)[0], (64,), 1, n + 1)
+  np.testing.assert_allclose(np.asarray(loss("ict")),
+                             by_hand[np.asarray(index) - 1] * np.asarray(loss("uniform")),
+                             rtol=5e-3)
