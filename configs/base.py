@@ -41,9 +41,10 @@ def base_config(dataset: str = "digits") -> ml_collections.ConfigDict:
 
   c.optim = ml_collections.ConfigDict(dict(
       lr=2e-3, warmup_steps=100, schedule="constant", grad_clip=1.0,
-      b1=0.9, b2=0.99, ema_decay=0.999, ema_rampup=0.0))
+      b1=0.9, b2=0.99, ema_decay=0.999, ema_rampup=0.05))
   # optim.ema_rampup > 0: the EMA's half-life is at most ema_rampup x the updates of the stage
-  # so far (EDM's ramp-up, 0.05 there; training/optimizer.py:ema_decay); 0 = always ema_decay.
+  # so far (EDM's ramp-up and its 0.05; training/optimizer.py:ema_decay), so a short run's EMA
+  # does not keep its initialisation (0.999 ** 2000 = 13.5%); 0 = always ema_decay.
 
   # The device mesh: fsdp > 1 splits the state's leaves of at least fsdp_min_size elements
   # (parameters, EMA, Adam moments, the frozen teacher) along an 'fsdp' axis of that size

@@ -133,7 +133,7 @@ def digits_onestep():
 
 def fashion_mnist_cpu():
   """The fashion_mnist_cpu teacher's network, 800 updates (the teacher's 5k would not fit the
-  pipeline's 2.5 hours on 2 CPU cores), the EMA ramped up (optim.ema_rampup)."""
+  pipeline's 2.5 hours on 2 CPU cores)."""
   return catch_up_config(teacher.fashion_mnist_cpu_short(800))
 
 

@@ -13,6 +13,11 @@ and one quality report of them in <workdir>/report:
             counts whose sampler needs more network evaluations; 0 = keep all),
             `last_stages` (a student's last stage ends only; 0 = every one)
   cost_includes  {part: parts whose training cost its rows add (a grown model's inner run)}
+  seeds     how many times each part that learns from another part (a key of `teachers`
+            that is no part's teacher: the distillations, the grown Matryoshka) is trained,
+            with run seeds seed, seed + 1, ...: its copies are the parts <part>_seed<k>, the
+            teachers are shared, and the report adds a table of each row's mean and spread
+            over the seeds (1 = one run of every part)
   report    the report's metric settings (eval.report.report_options)
 
 Every part resumes from its own checkpoints, so an interrupted pipeline restarted with the
@@ -57,7 +62,8 @@ def row_spec(steps=(), samplers=("ddim",), guidance_weights=(0.0,), reference="t
                                         last_stages=last_stages))
 
 
-def pipeline_config(parts: dict, teachers: dict, rows: dict, cost_includes=None, **report):
+def pipeline_config(parts: dict, teachers: dict, rows: dict, cost_includes=None, seeds=1,
+                    **report):
   """A pipeline of `parts` (see the module docstring); `report` holds the keyword arguments
   of eval.report.report_options."""
   c = ml_collections.ConfigDict()
@@ -65,6 +71,7 @@ def pipeline_config(parts: dict, teachers: dict, rows: dict, cost_includes=None,
   c.teachers = ml_collections.ConfigDict(teachers)
   c.rows = ml_collections.ConfigDict(rows)
   c.cost_includes = ml_collections.ConfigDict(cost_includes or {})
+  c.seeds = seeds
   c.report = ml_collections.ConfigDict(report)
   return c
 
@@ -100,14 +107,13 @@ def grown_matryoshka(preset: str) -> dict:
   """Matryoshka grown as the paper trains it (Sec. 3.3): `matryoshka_inner`, the inner
   network alone on the lower resolutions for half of the preset's updates, then `matryoshka`,
   the full model around it (mdm.inner_workdir) for the other half; the report counts both.
-  Both on the teacher's loss (v-MSE) and with the EMA ramped up (EDM's 0.05): a fixed 0.999
-  over 1000 updates keeps 37% of its start (the random inner, then the fresh shell), which put
-  digits' grown run at FD 246 (64 steps)."""
+  Both on the teacher's loss (v-MSE) and with the EMA ramped up (configs/base.py's default; a
+  fixed 0.999 over 1000 updates keeps 37% of its start, the random inner, then the fresh
+  shell, which put digits' grown run at FD 246 at 64 steps)."""
   inner, full = matryoshka.get_config(f"{preset}_inner"), matryoshka.get_config(preset)
   inner.num_train_steps = full.num_train_steps // 2
   full.num_train_steps -= inner.num_train_steps
   for part in (inner, full):
-    part.optim.ema_rampup = part.optim.ema_rampup or 0.05
     part.diffusion.weighting = "snr+1"   # the teacher's v-MSE (digits: FD 34 against 41)
   return dict(matryoshka_inner=inner, matryoshka=full)
 

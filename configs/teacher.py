@@ -58,11 +58,9 @@ def fashion_mnist_cpu():
 
 def fashion_mnist_cpu_short(num_train_steps):
   """fashion_mnist_cpu for a short run from scratch (the pipeline's conditional teacher,
-  Catch-Up, Matryoshka): `num_train_steps` updates, the EMA ramped up as in EDM (0.05; a fixed
-  0.999 would still hold 37% of the random initialisation after 1k updates)."""
+  Catch-Up, Matryoshka): `num_train_steps` updates."""
   c = fashion_mnist_cpu()
   c.num_train_steps = num_train_steps
-  c.optim.ema_rampup = 0.05
   return c
 
 
