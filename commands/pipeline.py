@@ -11,6 +11,10 @@ sitting, updates, teacher network evaluations). The report (<workdir>/report) ha
 metrics, plus the costs of the parts it lists in `cost_includes` (a grown Matryoshka's inner
 run, which has no row: it draws lower-resolution images).
 
+With `seeds` > 1 each part that learns from another part and teaches none is trained again
+as <part>_seed<k> with run seed + k (`with_seeds`), and the report adds the mean and the
+spread of every row's metrics over the seeds (eval.report.seed_summary).
+
 A SIGTERM (preemption) ends the pipeline: the running part saves its checkpoint and stops,
 no later part starts and no report is written; `StoppedEarly` is raised (main.py exits with
 status 75) and the same command continues. A distillation part refuses a teacher part that
@@ -68,6 +72,31 @@ def part_run_config(config, part: str, workdir: str):
   return run
 
 
+def seed_copies(config) -> dict:
+  """{<part>_seed<k>: part} for k = 1..seeds - 1 and every part that has a teacher part and
+  is no part's teacher (the teachers are shared by the seeds)."""
+  teachers = set(config.teachers.values())
+  seeded = sorted(p for p in config.teachers if p not in teachers)
+  return {f"{p}_seed{k}": p for k in range(1, config.get("seeds", 1)) for p in seeded}
+
+
+def with_seeds(config):
+  """`config` with a part per `seed_copies` entry: the part's run config with seed + k, its
+  teacher, rows and cost_includes."""
+  copies = seed_copies(config)
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for copy, part in copies.items():
+      run = config.parts[part].copy_and_resolve_references()
+      run.seed += int(copy.rsplit("_seed", 1)[1])
+      config.parts[copy] = run
+      config.teachers[copy] = config.teachers[part]
+      for section in (config.rows, config.cost_includes):
+        if part in section:
+          section[copy] = section[part]
+  return config
+
+
 def total_cost(costs: dict, part: str, includes) -> dict:
   """The part's cost plus those of the parts it `includes` (a grown model's inner run)."""
   parts = (part, *includes.get(part, ()))
@@ -110,6 +139,8 @@ def record_cost(run_config, part_dir: epath.Path, seconds: float, offline_cost=N
 def run_pipeline(config, workdir: str) -> list[dict]:
   """Train every part (see the module docstring), then evaluate and write the report."""
   root = epath.Path(workdir)
+  copies = seed_copies(config)
+  config = with_seeds(config)
   order = part_order(config)
   options = report_options(str(root / "report"), **config.report)
   if "fid" in options.metrics:   # before hours of training, not after
@@ -154,5 +185,5 @@ def run_pipeline(config, workdir: str) -> list[dict]:
   rows = quality.evaluate(entries, options, mesh=None)
   rows = [dict(row, **total_cost(costs, row["model"], config.cost_includes)) for row in rows]
   write_report(rows, options, str(report_dir), f"Quality of every part of the pipeline in "
-               f"`{root}`", parts={p: config.parts[p].method for p in order})
+               f"`{root}`", parts={p: config.parts[p].method for p in order}, seeds=copies)
   return rows

@@ -42,3 +42,15 @@ def format_table(rows, columns=None) -> str:
            "|" + "|".join("---" for _ in columns) + "|"]
   lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
   return "\n".join(lines)
+
+
+def format_spread_table(summary) -> str:
+  """A Markdown table of eval.report.seed_summary rows: 'mean ± std' per metric."""
+  columns = [c for c in table_columns(summary) if c != "seconds_per_image"]
+  spread = lambda r, c: (f"{r[c]:.4g} ± {r[c + '_std']:.2g}" if f"{c}_std" in r
+                         else _cell(r.get(c)))
+  lines = ["| " + " | ".join(HEADERS.get(c, c) for c in columns) + " | seeds |",
+           "|" + "|".join("---" for _ in columns) + "|---|"]
+  lines += ["| " + " | ".join(spread(r, c) for c in columns) + f" | {r['seeds']} |"
+            for r in summary]
+  return "\n".join(lines)

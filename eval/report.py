@@ -182,6 +182,32 @@ def plot_cost(rows, path: str, cost: str = "train_seconds") -> Optional[str]:
   return _save(fig, path)
 
 
+def seed_summary(rows, seeds: dict) -> list[dict]:
+  """A row per row of every seeded part (`seeds` = {copy: part}, commands/pipeline.py): its
+  metric columns' mean and sample standard deviation (`<metric>_std`) over the part and its
+  copies, `seeds` their number; rows of parts without copies are left out."""
+  parts = set(seeds.values())
+  groups = {}
+  for row in rows:
+    part = seeds.get(row["model"], row["model"])
+    if part in parts:
+      key = (part, row["checkpoint_step"], row["sampler"], row["steps"], row["guidance_weight"])
+      groups.setdefault(key, []).append(row)
+  metrics = [c for c in quality_table.table_columns(rows)
+             if c.startswith("FD-") or c in quality_table.METRIC_COLUMNS]
+  summary = []
+  for (part, step, sampler, steps, w), group in groups.items():
+    row = dict(model=part, checkpoint_step=step, sampler=sampler, steps=steps,
+               guidance_weight=w, nfe=group[0]["nfe"], seeds=len(group))
+    for metric in metrics:
+      values = np.asarray([r[metric] for r in group if metric in r], np.float64)
+      if values.size:
+        row[metric] = float(np.mean(values))
+        row[f"{metric}_std"] = float(np.std(values, ddof=1)) if values.size > 1 else 0.0
+    summary.append(row)
+  return summary
+
+
 def reference_statistics(rows, split: str) -> str:
   """'the <split> split (<n> images)' of the FD / FID reference statistics of `rows`, or ''
   when no row has those metrics."""
@@ -192,8 +218,9 @@ def reference_statistics(rows, split: str) -> str:
 
 
 def markdown(rows, title: str, settings: dict, out_dir: str, plot_name: str,
-             cost_plot_name: Optional[str] = None) -> str:
-  """The report: settings, the table, the plots and links to the sample grids."""
+             cost_plot_name: Optional[str] = None, summary=()) -> str:
+  """The report: settings, the table (and the `seed_summary` table), the plots and links to
+  the sample grids."""
   grids = "\n".join(f"- [{quality_table.row_name(r)}]({os.path.relpath(r['grid'], out_dir)})"
                     for r in rows if "grid" in r)
   header = "\n".join(f"- {k}: {v}" for k, v in settings.items())
@@ -203,28 +230,35 @@ def markdown(rows, title: str, settings: dict, out_dir: str, plot_name: str,
   return (f"# {title}\n\nEvery row's samples come from the same noise; fidelity is against the "
           f"row's reference model's reference_steps-step DDIM samples; NFE = network "
           f"evaluations per sample; s/image after compilation.\n\n{header}\n\n"
+          + (f"Mean ± standard deviation over {max(r['seeds'] for r in summary)} seeds of "
+             f"each seeded part:\n\n{quality_table.format_spread_table(summary)}\n\n"
+             f"Every run:\n\n" if summary else "") +
           f"{quality_table.format_table(rows)}\n\n![quality vs steps]({plot_name})\n\n"
           + (f"![quality vs training cost]({cost_plot_name})\n\n" if cost_plot_name else "") +
           f"Sample grids:\n{grids}\n")
 
 
 def write_report(rows, options: quality.Options, out_dir: str, title: str,
-                 settings: Optional[dict] = None, **extra) -> None:
+                 settings: Optional[dict] = None, seeds=None, **extra) -> None:
   """report.md, report.json (rows, options, the metric settings (default: those of `options`),
-  `extra`) and the plot in `out_dir`; process 0 writes."""
+  `extra`) and the plot in `out_dir`; process 0 writes. With `seeds` ({copy: part}) the
+  report adds `seed_summary` and plots the first seed's rows only."""
   if jax.process_index() != 0:   # every host evaluates (sharded); one writes
     return
   settings = quality.metric_settings(options) if settings is None else settings
   directory = epath.Path(out_dir)
   directory.mkdir(parents=True, exist_ok=True)
-  plot(rows, directory / "quality_vs_steps.png")
-  cost_plot = plot_cost(rows, directory / "quality_vs_cost.png")
+  seeds = seeds or {}
+  summary = seed_summary(rows, seeds) if seeds else []
+  first_seed = [r for r in rows if r["model"] not in seeds]
+  plot(first_seed, directory / "quality_vs_steps.png")
+  cost_plot = plot_cost(first_seed, directory / "quality_vs_cost.png")
   (directory / "report.json").write_text(json.dumps(
       dict(extra, title=title, settings=settings, options=dataclasses.asdict(options),
-           rows=rows), indent=1))
+           rows=rows, **(dict(seed_summary=summary) if seeds else {})), indent=1))
   (directory / "report.md").write_text(
       markdown(rows, title, settings, out_dir, "quality_vs_steps.png",
-               "quality_vs_cost.png" if cost_plot else None))
+               "quality_vs_cost.png" if cost_plot else None, summary))
 
 
 def report_options(out_dir: str, num_samples: int = 500, batch_size: int = 250,

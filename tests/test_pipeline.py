@@ -8,6 +8,7 @@ from commands.pipeline import part_order, part_run_config, run_pipeline, total_c
 from configs.pipeline import get_config, pipeline_config, row_spec
 from configs.progressive import distill_config
 from eval.quality import metric_settings
+from infra.checkpoint import read_config
 from eval.report import (IncomparableReportsError, merge_reports, model_entries, report_options,
                          write_report)
 from tests.tiny_config import tiny_teacher_config
@@ -125,3 +126,27 @@ def test_a_grown_part_gets_its_inner_workdir_and_counts_its_inner_runs_cost():
   assert total_cost(costs, "matryoshka", config.cost_includes) == dict(
       train_updates=2000, teacher_evaluations=0, train_seconds=7.0)
   assert total_cost(costs, "matryoshka_inner", config.cost_includes) == costs["matryoshka_inner"]
+
+
+def test_seeds_train_each_student_again_and_report_mean_and_spread(tmp_path):
+  """seeds = 3: the teacher once, the student three times with run seeds 0, 1, 2; the summary
+  row is the mean and sample standard deviation of the three runs' rows, written out here."""
+  config = tiny_pipeline(tmp_path)
+  config.seeds = 3
+  rows = run_pipeline(config, str(tmp_path))
+  models = sorted({r["model"] for r in rows})
+  assert models == ["progressive", "progressive_seed1", "progressive_seed2", "teacher"]
+  assert [read_config(str(tmp_path / m))["seed"] for m in models[:3]] == [0, 1, 2]
+  report = json.load(open(tmp_path / "report" / "report.json"))
+  summary = {r["steps"]: r for r in report["seed_summary"]}
+  assert sorted(summary) == [1, 2] and {r["seeds"] for r in summary.values()} == {3}
+  for steps, row in summary.items():
+    values = [r["FD-digits"] for r in rows if r["model"].startswith("progressive")
+              and r["steps"] == steps]
+    assert len(values) == 3 and len(set(values)) == 3, values   # the seeds differ
+    mean = sum(values) / 3
+    std = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5
+    assert row["FD-digits"] == pytest.approx(mean, rel=1e-12)
+    assert row["FD-digits_std"] == pytest.approx(std, rel=1e-9)
+  assert "± " in open(tmp_path / "report" / "report.md").read()
+  assert {r["train_updates"] for r in rows if r["model"] != "teacher"} == {4}
