@@ -43,7 +43,8 @@ def mlp_denoiser(process, parameterization="v", num_classes=0):
 def consistency_section(**overrides):
   return ml_collections.ConfigDict(dict(
       dict(schedule=(8,), steps_per_stage=10, teacher_solver="heun", time_grid="uniform",
-           target="online", mu=0.9, distance="l2", sigma_data=0.5, sample_ts="", n_of_k=(),
+           target="online", mu=0.9, distance="l2", weighting="uniform", sigma_data=0.5,
+           sample_ts="", n_of_k=(),
            fidelity_samples=16), **overrides))
 
 
@@ -294,6 +295,8 @@ def test_config_errors_name_the_fix():
     get_method(gmm_consistency_config(teacher_solver="midpoint"))
   with pytest.raises(ValueError, match="Unknown consistency distance 'lpips'"):
     get_method(gmm_consistency_config(distance="lpips"))
+  with pytest.raises(ValueError, match="Unknown consistency.weighting 'lognormal'"):
+    get_method(gmm_consistency_config(weighting="lognormal"))
   config = gmm_consistency_config()
   del config.consistency
   with pytest.raises(ValueError, match="configs/consistency.py:<preset>"):
