@@ -6,6 +6,7 @@
 | digits        | digits                        | 8, 16, 32               | 900           | 64    | 5e-4 | -          |
 | digits_cond   | digits_cond (10 classes)      | 8, 16, 32               | 300           | 64    | 5e-4 | U[0, 4]    |
 | fashion_mnist_cpu | fashion_mnist_cpu         | 8, 16, 32               | 80            | 64    | 5e-4 | -          |
+| fashion_mnist_cpu_cond | fashion_mnist_cpu_cond | 8, 16, 32              | 80            | 64    | 5e-4 | U[0, 4]    |
 | fashion_mnist | fashion_mnist                 | 16, 32, 64              | 20k           | 128   | 1e-4 | -          |
 | cifar10       | cifar10                       | 32, 64, 128             | 100k          | 128   | 5e-5 | -          |
 | imagenet64    | imagenet64 (1000 classes)     | 32, 64, 128             | 100k          | 1024  | 1e-4 | U[0, 4]    |
@@ -92,8 +93,15 @@ def fashion_mnist_cpu():
                      ema_decay=0.99)
 
 
+def fashion_mnist_cpu_cond():
+  c = boot_config(teacher.fashion_mnist_cpu_cond(), "8,16,32", steps_per_stage=80, lr=5e-4,
+                  ema_decay=0.99)
+  return guided_student(c)
+
+
 PRESETS = {"digits": digits, "digits_cond": digits_cond, "fashion_mnist": fashion_mnist,
-           "fashion_mnist_cpu": fashion_mnist_cpu, "cifar10": cifar10, "imagenet64": imagenet64}
+           "fashion_mnist_cpu": fashion_mnist_cpu, "fashion_mnist_cpu_cond": fashion_mnist_cpu_cond,
+           "cifar10": cifar10, "imagenet64": imagenet64}
 
 
 def get_config(arg=None):

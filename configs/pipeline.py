@@ -31,7 +31,8 @@ Presets:
   fashion_mnist  the same on Fashion-MNIST (hours on a CPU)
   digits_all     every method on the digits teachers, one report (`all_methods`): the
                  teacher and the class-conditional teacher guided distillation needs;
-                 progressive, guided, Denoising Student, BOOT, consistency and SiD distilled
+                 progressive, guided, Denoising Student, BOOT (unconditional, and
+                 w-conditioned from the conditional teacher), consistency and SiD distilled
                  from them; Catch-Up (and its one-step stage) and Matryoshka (grown: its
                  inner network alone, then the full model, half of the updates each) trained
                  on the same data with the teacher's budget of updates (24 minutes on 2 CPU
@@ -92,12 +93,14 @@ def all_methods(preset: str, rows: dict, **report):
       teacher=teacher.get_config(preset), teacher_cond=teacher.get_config(f"{preset}_cond"),
       progressive=progressive.get_config(preset), guided=guided.get_config(preset),
       denoising_student=denoising_student.get_config(preset), boot=boot.get_config(preset),
+      boot_guided=boot.get_config(f"{preset}_cond"),
       consistency=consistency.get_config(preset), sid=sid.get_config(preset),
       catch_up=catch_up.get_config(preset),
       catch_up_onestep=catch_up.get_config(f"{preset}_onestep"),
       **grown_matryoshka(preset))
   teachers = dict(progressive="teacher", guided="teacher_cond", denoising_student="teacher",
-                  boot="teacher", consistency="teacher", sid="teacher",
+                  boot="teacher", boot_guided="teacher_cond", consistency="teacher",
+                  sid="teacher",
                   catch_up_onestep="catch_up", matryoshka="matryoshka_inner")
   return pipeline_config(parts, teachers, rows,
                          cost_includes=dict(matryoshka=("matryoshka_inner",)), **report)
@@ -126,6 +129,7 @@ def every_row():
       teacher_cond=row_spec((1, 4, 16, 64), guidance_weights=weights, reference="teacher_cond"),
       progressive=row_spec(), guided=row_spec(guidance_weights=weights, reference="teacher_cond"),
       denoising_student=row_spec(), boot=row_spec(), sid=row_spec(),
+      boot_guided=row_spec(last_stages=1, guidance_weights=weights, reference="teacher_cond"),
       consistency=row_spec((1, 2, 4), samplers=("consistency",)),
       catch_up=row_spec((1, 2, 4, 8, 15), samplers=("euler", "heun"), max_nfe=15),
       catch_up_onestep=row_spec(), matryoshka=row_spec(TEACHER_STEPS))
@@ -140,6 +144,7 @@ def headline_rows():
       teacher=row_spec((16, 32)), teacher_cond=row_spec((32,), **cond),
       progressive=row_spec(max_nfe=2), guided=row_spec(max_nfe=1, **cond),
       denoising_student=row_spec(), boot=row_spec(last_stages=1), sid=row_spec(),
+      boot_guided=row_spec(last_stages=1, **cond),
       consistency=row_spec((1,), samplers=("consistency",)),
       catch_up=row_spec((8,), samplers=("euler",)),
       catch_up_onestep=row_spec(last_stages=1), matryoshka=row_spec((16,)))

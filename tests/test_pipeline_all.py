@@ -32,6 +32,8 @@ SHRINK = {
                           "distill.num_pairs": 64, "distill.num_heldout": 32,
                           "distill.shard_size": 32, "distill.generation_batch_size": 32},
     "boot": {"boot.schedule": "2,4", "boot.steps_per_stage": 2, "boot.fidelity_samples": 8},
+    "boot_guided": {"boot.schedule": "2", "boot.steps_per_stage": 2,
+                    "boot.fidelity_samples": 8},
     "consistency": {"consistency.schedule": (4,), "consistency.steps_per_stage": 3,
                     "consistency.fidelity_samples": 8},
     "sid": {"sid.num_updates": 4},
