@@ -28,7 +28,7 @@ def time_train_step(config, stage_args: dict, teacher_params=None, steps: int = 
                              "index": np.arange(shape[0], dtype=np.int32),
                              "noise": np.random.normal(size=shape).astype(np.float32)})
   stage = {k: jnp.asarray(v) for k, v in
-           dict(stage_args, num_updates=10**6, first_step=0).items()}
+           dict(stage_args, num_updates=10**6, first_step=0, run_updates=10**6).items()}
   start = time.perf_counter()
   compiled = step_fn.lower(state, batch, stage).compile()
   compile_s = time.perf_counter() - start

@@ -50,7 +50,9 @@ def lower_train(config, method, tx, mesh, state, shardings, teacher):
   """The trainer's jitted step lowered for shapes: the state, one batch, stage 0's args."""
   step = jit_train_step(method, tx, config.optim, mesh, shardings)
   batch = with_shardings(batch_shapes(config, method, teacher), batch_sharded(mesh))
-  stage = with_shardings(stage_args(method.stages()[0], 0), replicated(mesh))
+  stages = method.stages()
+  stage = with_shardings(stage_args(stages[0], 0, sum(s.num_updates for s in stages)),
+                         replicated(mesh))
   return step.lower(with_shardings(state, shardings), batch, stage)
 
 

@@ -43,7 +43,8 @@ def state_of(method, tx):
                        else {"w": jnp.array([0.5, -1.0])})
 
 
-STAGE = {"first_step": jnp.asarray(0), "num_updates": jnp.asarray(2)}
+STAGE = {"first_step": jnp.asarray(0), "num_updates": jnp.asarray(2),
+         "run_updates": jnp.asarray(4)}
 
 
 @pytest.mark.parametrize("mu", [None, 0.75])
@@ -74,3 +75,17 @@ def test_stage_boundary_restarts_only_what_the_method_says(restart):
   np.testing.assert_array_equal(crossed.ema_params["w"], ema)
   count = jax.tree.leaves(crossed.opt_state.inner_state)[0]
   assert int(count) == (0 if restart else 1)
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_the_warm_up_restarts_with_the_stage_only_if_adam_does(restart):
+  """Warm-up over 4 updates, stages of 2: the lr of the first update of stage 2 (step 2) is
+  lr / 4 if the method restarts at a stage, else 3 lr / 4 (the run's warm-up goes on)."""
+  method = Quadratic(None, restart)
+  optim = OPTIM.copy_and_resolve_references()
+  optim.warmup_steps = 4
+  tx = make_optimizer(optim)
+  state = state_of(method, tx).replace(step=jnp.asarray(2))
+  second = dict(STAGE, first_step=jnp.asarray(2))
+  _, metrics = train_step(method, tx, optim, state, {}, second)
+  assert float(metrics["lr"]) == pytest.approx(0.1 * (1 if restart else 3) / 4, rel=1e-6)

@@ -19,7 +19,10 @@ def train_step(method, tx, optim_config, state: TrainState, batch, stage):
       state.params, state.frozen, batch, rng, stage,
       ema=state.ema_params if state.target_params is None else state.target_params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  lr = learning_rate(optim_config, state.step - stage["first_step"], stage["num_updates"])
+  # The lr schedule (warm-up, decay) restarts with each stage only if Adam does.
+  lr = (learning_rate(optim_config, state.step - stage["first_step"], stage["num_updates"])
+        if method.restart_at_stage else
+        learning_rate(optim_config, state.step, stage["run_updates"]))
   scales = method.lr_scales(state.params)
   if scales is None:
     updates = jax.tree.map(lambda u: -lr * u, updates)
@@ -65,10 +68,11 @@ def jit_train_step(method, tx, optim_config, mesh, shardings):
                  out_shardings=(shardings, replicated(mesh)))
 
 
-def stage_args(stage, first_step: int) -> dict:
-  """The loss's `stage` argument: the stage's args, its length and its first step."""
+def stage_args(stage, first_step: int, run_updates: int) -> dict:
+  """The loss's `stage` argument: the stage's args, its length, its first step and the
+  length of the whole run."""
   return dict(stage.jax_args(), num_updates=jnp.asarray(stage.num_updates),
-              first_step=jnp.asarray(first_step))
+              first_step=jnp.asarray(first_step), run_updates=jnp.asarray(run_updates))
 
 
 def next_stage(method, tx, state: TrainState, index):

@@ -165,7 +165,8 @@ class Trainer:
   def stage_args(self, index):
     """The loss's `stage` argument: the stage's args, its length and first step (cached)."""
     if index not in self._stage_args:
-      self._stage_args[index] = stage_args(self.stages[index], self.bounds[index])
+      self._stage_args[index] = stage_args(self.stages[index], self.bounds[index],
+                                           self.bounds[-1])
     return self._stage_args[index]
 
   def save(self, step, force=False, metrics=None):
