@@ -85,7 +85,8 @@ def plan(config, report=print) -> dict:
   shardings = state_layout(config, mesh, state)
   row = dict(method=config.method, program=program, topology=config.plan.topology,
              chip=chip.name, chips=len(devices) // per_chip, devices=len(devices),
-             fsdp=config.mesh.fsdp, global_batch=batch, device_batch=batch // len(devices),
+             fsdp=config.mesh.fsdp, remat=bool(config.model.get("remat", False)),
+             global_batch=batch, device_batch=batch // len(devices),
              hbm_bytes=chip.hbm_bytes / per_chip)
   for part in STATE_PARTS:
     row[f"{part}_count"], row[f"{part}_bytes"], row[f"{part}_device_bytes"] = tree_bytes(
@@ -136,7 +137,8 @@ def format_plan(row: dict) -> str:
   lines = [f"| {row['method']} {row['program']} on {row['topology']} | |", "|---|---|",
            f"| chips x devices | {row['chips']} x {per_chip} "
            f"({row['chip']}; mesh fsdp={row['fsdp']}) |",
-           f"| batch global / per {device} | {row['global_batch']} / {row['device_batch']} |"]
+           f"| batch global / per {device} | {row['global_batch']} / {row['device_batch']} |",
+           f"| activation remat (model.remat) | {'on' if row['remat'] else 'off'} |"]
   for part, name in STATE_PARTS.items():
     lines.append(f"| {name}: elements, bytes (per {device}) | {row[part + '_count']:,}, "
                  f"{_gib(row[part + '_bytes'])} ({_gib(row[part + '_device_bytes'])}) |")
@@ -157,9 +159,11 @@ def format_plan(row: dict) -> str:
 
 def does_not_fit_message(row: dict, config) -> str:
   state = sum(row[part + "_device_bytes"] for part in STATE_PARTS)
+  remat = ("recompute the activations (--config.model.remat=True), "   # a UNet's, when off
+           if row["program"] == "train" and config.model.get("remat") is False else "")
   return (f"{config.method} ({row['program']}) does not fit {row['topology']}: the peak is "
           f"{_gib(row['peak_bytes'])} per device, the chip has {_gib(row['hbm_bytes'])} "
           f"(the train state {_gib(state)} of it, temporaries {_gib(row['temp_bytes'])}). "
-          f"Shard the state with a larger --config.mesh.fsdp (now {row['fsdp']}), lower "
+          f"Shard the state with a larger --config.mesh.fsdp (now {row['fsdp']}), {remat}lower "
           f"--config.batch_size (now {config.batch_size}; sample.batch_size for sampling), or "
           f"plan a larger slice or a chip with more HBM (--config.plan.topology).")

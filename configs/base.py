@@ -27,9 +27,11 @@ def base_config(dataset: str = "digits") -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(dict(
       name="unet", ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
-      num_heads=1, dropout=0.0, num_classes=0, guidance=False, dtype="float32"))
+      num_heads=1, dropout=0.0, num_classes=0, guidance=False, dtype="float32", remat=False))
   # model.dtype: the compute dtype ('bfloat16' on accelerators); parameters, optimizer state
   # and the loss stay float32.
+  # model.remat: recompute the residual blocks' activations in the backward pass (less memory,
+  # at most one more forward pass of compute); the parameters are the same either way.
 
   c.diffusion = ml_collections.ConfigDict(dict(
       process="cosine", parameterization="v", weighting="snr+1",

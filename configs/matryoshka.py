@@ -49,7 +49,7 @@ def matryoshka_config(c, resolutions, loss_weights, inner, shells, shift_power=1
       resolutions=tuple(resolutions), loss_weights=tuple(loss_weights),
       shift_power=shift_power, inner_workdir=""))
   conditions = dict(num_classes=c.model.num_classes, guidance=False, dropout=c.model.dropout,
-                    dtype=c.model.dtype)
+                    dtype=c.model.dtype, remat=c.model.remat)
   model = dict(c.model, **inner)
   for shell in shells:
     model = dict(name="nested_unet", inner=model, attn_resolutions=(), num_heads=1, **conditions,

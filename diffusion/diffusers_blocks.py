@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffusion.unet import jax_resize
+from diffusion.unet import jax_resize, rematerialised
 
 
 def group_norm(groups: int, eps: float, name: str):
@@ -45,9 +45,13 @@ class ResnetBlock2D(nn.Module):
   time_scale_shift: str = "default"
   dropout: float = 0.0
   output_scale_factor: float = 1.0
+  remat: bool = False   # recompute the block's activations for the gradient (jax.checkpoint)
+
+  def __call__(self, x, emb, train: bool):
+    return rematerialised(ResnetBlock2D.residual, self.remat)(self, x, emb, train)
 
   @nn.compact
-  def __call__(self, x, emb, train: bool):
+  def residual(self, x, emb, train: bool):
     c = self.out_channels
     h = conv3x3(c, "conv1")(nn.silu(group_norm(self.groups, self.eps, "norm1")(x)))
     scale_shift = self.time_scale_shift == "scale_shift"
@@ -119,6 +123,7 @@ class Block(nn.Module):
   head_dim: int
   dropout: float = 0.0
   downsample_padding: int = 1
+  remat: bool = False
 
   @nn.compact
   def __call__(self, h, emb, train: bool, skips=None):
@@ -127,7 +132,7 @@ class Block(nn.Module):
       if self.up:
         h = jnp.concatenate([h, skips.pop()], axis=-1)
       h = ResnetBlock2D(self.out_channels, self.groups, self.eps, self.time_scale_shift,
-                        self.dropout, name=f"resnets_{i}")(h, emb, train)
+                        self.dropout, remat=self.remat, name=f"resnets_{i}")(h, emb, train)
       if self.attention:
         h = Attention(self.head_dim, self.groups, self.eps, name=f"attentions_{i}")(h)
       outputs.append(h)
@@ -150,6 +155,7 @@ class UNetMidBlock2D(nn.Module):
   output_scale_factor: float = 1.0
   dropout: float = 0.0
   num_layers: int = 1
+  remat: bool = False
 
   @nn.compact
   def __call__(self, h, emb, train: bool):
@@ -158,7 +164,8 @@ class UNetMidBlock2D(nn.Module):
     if attn_groups is None and self.time_scale_shift == "default":
       attn_groups = self.groups
     resnet = lambda i: ResnetBlock2D(c, self.groups, self.eps, self.time_scale_shift,
-                                     self.dropout, self.output_scale_factor, name=f"resnets_{i}")
+                                     self.dropout, self.output_scale_factor, self.remat,
+                                     name=f"resnets_{i}")
     h = resnet(0)(h, emb, train)
     for i in range(self.num_layers):
       if self.add_attention:

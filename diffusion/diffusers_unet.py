@@ -71,6 +71,7 @@ class DiffusersUNet(nn.Module):
   add_attention: bool = True
   num_classes: int = 0     # config.json num_class_embeds (no null class: labels 0..n-1)
   guidance: bool = False   # the Denoiser interface's w-embedding: not part of UNet2DModel
+  remat: bool = False      # nn.remat over the resnets (not a config.json key)
 
   def setup(self):
     if self.guidance:
@@ -96,7 +97,8 @@ class DiffusersUNet(nn.Module):
         table(jnp.zeros(z.shape[:1], jnp.int32))
 
     settings = dict(groups=self.norm_num_groups, eps=self.norm_eps,
-                    time_scale_shift=self.resnet_time_scale_shift, dropout=self.dropout)
+                    time_scale_shift=self.resnet_time_scale_shift, dropout=self.dropout,
+                    remat=self.remat)
     head_dim = lambda c: self.attention_head_dim or c
     h = nn.Conv(chans[0], (3, 3), padding=((1, 1), (1, 1)), name="conv_in")(z)
     skips = [h]

@@ -44,6 +44,7 @@ class NestedUNet(nn.Module):
   num_classes: int = 0
   guidance: bool = False
   dtype: str = "float32"
+  remat: bool = False   # the outer shell's ResBlocks; the inner network has its own
 
   @nn.compact
   def __call__(self, z, time, label=None, w=None, train: bool = False, features=None,

@@ -29,14 +29,25 @@ def float32_outputs(o):
   return jax.tree.map(lambda a: a.astype(jnp.float32), o)
 
 
+def rematerialised(method, remat: bool):
+  """`method(module, x, emb, train)`, under nn.remat when `remat`: its activations are
+  recomputed on the backward pass instead of stored. A method, not the module class, is
+  wrapped, so the module keeps its name and the parameter tree is the same either way."""
+  return nn.remat(method, static_argnums=(3,)) if remat else method
+
+
 class ResBlock(nn.Module):
   """h = x + conv(dropout(swish(FiLM(norm(conv(swish(norm(x)))), emb)))), zero-init last conv."""
   channels: int
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  remat: bool = False   # recompute the block's activations for the gradient (jax.checkpoint)
+
+  def __call__(self, x, emb, train: bool):
+    return rematerialised(ResBlock.residual, self.remat)(self, x, emb, train)
 
   @nn.compact
-  def __call__(self, x, emb, train: bool):
+  def residual(self, x, emb, train: bool):
     dt = self.dtype
     h = nn.Conv(self.channels, (3, 3), dtype=dt)(nn.swish(norm(x, dt)))
     scale, shift = jnp.split(nn.Dense(2 * self.channels, dtype=dt)(nn.swish(emb)), 2, axis=-1)
@@ -74,6 +85,7 @@ class UNet(nn.Module):
   guidance: bool = False
   output_heads: int = 1   # > 1: a tuple (main output, OutputHead 2, ...) from one forward
   dtype: str = "float32"  # compute dtype; parameters and the output stay float32
+  remat: bool = False     # recompute the ResBlocks' activations for the gradient
 
   @nn.compact
   def __call__(self, z, time, label=None, w=None, train: bool = False, features=None,
@@ -82,7 +94,7 @@ class UNet(nn.Module):
     in_adapter); `return_features` also returns the last decoder features: (output, h)."""
     dt = jnp.dtype(self.dtype)
     emb = ConditionEmbedding(4 * self.ch, self.num_classes, self.guidance, dt)(time, label, w)
-    block = lambda c: ResBlock(c, self.dropout, dt)
+    block, _ = _blocks(self)
 
     h = nn.Conv(self.ch, (3, 3), dtype=dt)(z)
     if features is not None:
@@ -102,7 +114,8 @@ class UNet(nn.Module):
 
 # The encoder and decoder halves, shared with the NestedUNet's outer shell. `net` is the module
 # whose compact method calls them (its fields ch, ch_mult, num_res_blocks, attn_resolutions,
-# num_heads, dropout, dtype); the layers they create are that module's, named in creation order.
+# num_heads, dropout, dtype, remat); the layers they create are that module's, named in creation
+# order.
 
 def _blocks(net):
   """(block(channels), maybe_attn(h)): a ResBlock, and attention at net.attn_resolutions."""
@@ -111,7 +124,7 @@ def _blocks(net):
   def maybe_attn(h):
     return AttnBlock(net.num_heads, dt)(h) if h.shape[1] in net.attn_resolutions else h
 
-  return (lambda c: ResBlock(c, net.dropout, dt)), maybe_attn
+  return (lambda c: ResBlock(c, net.dropout, dt, net.remat)), maybe_attn
 
 
 def down_path(net, h, emb, train):
