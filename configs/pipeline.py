@@ -35,8 +35,11 @@ Presets:
                  w-conditioned from the conditional teacher), consistency and SiD distilled
                  from them; Catch-Up (and its one-step stage) and Matryoshka (grown: its
                  inner network alone, then the full model, half of the updates each) trained
-                 on the same data with the teacher's budget of updates (24 minutes on 2 CPU
-                 cores)
+                 on the same data. One budget in one currency, wall-clock training seconds
+                 on the machine (the report's `train s`; the data-trained parts evaluate no
+                 teacher, and SiD's cost is mostly its own networks, so teacher evaluations
+                 would not compare them): each part's preset takes about the teacher's time
+                 for its 2k updates (measured 0.9-1.8x of it: README)
   fashion_mnist_cpu
                  the same on Fashion-MNIST sized for 2 CPU cores (2 h 32 min measured; the
                  `fashion_mnist_cpu` preset of every method config): FID from the converted
