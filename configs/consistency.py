@@ -10,22 +10,22 @@
 | imagenet64    | 40     | heun   | ema (0.95)    | 600k    | 2048  | 8e-6  | 0.999943| 1, 2, 4    |
 
 The paper's settings (Song et al. 2023, Table 3; reference configs/cifar10_ve_cd.py and
-scripts/launch.sh) mapped onto this project. Every preset trains on the paper's grid: Karras
-rho = 7 in EDM's sigma on [0.002, 80] (`time_grid='karras'`, sampling.grids.karras in the
-process's time, plus the boundary t_0 = 0), so N here is the paper's N (18, 40). It replaced
-the quadratic grid t_i = (i/N)^2, whose one interval above sigma = 5.2 (of 16) left the
-student biased at intermediate times (on the analytic Gaussian the bias at t ~ 0.5 was 2.6x
-the bias at t = 1, and the 1/2/4-step mean errors grew 0.017 / 0.037 / 0.071; on Karras
-0.003 / 0.009 / 0.014, with the EMA target 0.010 / 0.006 / 0.009: README). The paper's
-uniform weighting on cifar10 and imagenet64; improved CT's 1 / (sigma_i - sigma_{i-1})
-(`weighting='ict'`) on digits and Fashion-MNIST, where it measured better (digits, 1k updates,
-FD-digits at 1 / 2 / 4 steps: 20.9 / 27.3 / 26.7 uniform, 21.7 / 18.9 / 19.9 ict, 21.1 /
-17.3 / 17.5 ict at N = 32: README). Student dropout 0; lr constant after warm-up (CIFAR-10: 10M images, no gradient
-clipping). The target network theta- is the paper's: 'online' (SG(theta), mu = 0) on
-CIFAR-10, a second EMA with mu = 0.95 (consistency.mu) on ImageNet-64, sampled from the
-trainer's EMA (optim.ema_decay, the paper's 0.999943); digits and Fashion-MNIST take mu = 0.95
-(measured better than 'online' at their short budgets). Sampling steps are training-grid
-points: an eval step count divides N (or is len(sample_ts)).
+scripts/launch.sh) mapped onto this project. Every preset trains on the paper's grid: Karras rho
+= 7 in EDM's sigma on [0.002, 80] (`time_grid='karras'`, sampling.grids.karras in the process's
+time, plus the boundary t_0 = 0), so N here is the paper's N (18, 40). It replaced the quadratic
+grid t_i = (i/N)^2, whose one interval above sigma = 5.2 (of 16) left the student biased at
+intermediate times (on the analytic Gaussian the bias at t ~ 0.5 was 2.6x the bias at t = 1, and
+the 1/2/4-step mean errors grew 0.017 / 0.037 / 0.071; on Karras 0.003 / 0.009 / 0.014, with the
+EMA target 0.010 / 0.006 / 0.009: README). The paper's uniform weighting on cifar10 and
+imagenet64; improved CT's 1 / (sigma_i - sigma_{i-1}) (`weighting='ict'`) on digits and
+Fashion-MNIST, where it measured better (digits, 1k updates, FD-digits at 1 / 2 / 4 steps: 20.9
+/ 27.3 / 26.7 uniform, 21.7 / 18.9 / 19.9 ict, 21.1 / 17.3 / 17.5 ict at N = 32: README).
+Student dropout 0; lr constant after warm-up (CIFAR-10: 10M images, no gradient clipping). The
+target network theta- is the paper's: 'online' (SG(theta), mu = 0) on CIFAR-10, a second EMA
+with mu = 0.95 (consistency.mu) on ImageNet-64, sampled from the trainer's EMA (optim.ema_decay,
+the paper's 0.999943); digits and Fashion-MNIST take mu = 0.95 (measured better than 'online' at
+their short budgets). Sampling steps are training-grid points: an eval step count divides N (or
+is len(sample_ts)).
 Differences: Adam for the reference's RAdam; L2 for the paper's best LPIPS (no LPIPS weights
 offline); Heun in t for the reference's Heun in sigma (distillation/consistency.py).
 digits and fashion_mnist are this project's choices, not the paper's.

@@ -42,14 +42,15 @@ an N-interval `sampling.grids` grid, z_t = alpha_t x + sigma_t eps,
 
 lambda(t_i) = 1 (`consistency.weighting='uniform'`: the reference's CD runs use
 `weight_schedule=uniform`), or 'ict': lambda_i = 1 / (sigma_i - sigma_{i-1}) in EDM's sigma
-(Song & Dhariwal 2023, "Improved Techniques for Training Consistency Models", Sec. 3.3),
-divided by its mean over the N intervals so the loss keeps the uniform one's scale. The target network
+(Song & Dhariwal 2023, "Improved Techniques for Training Consistency Models", Sec. 3.3), divided
+by its mean over the N intervals so the loss keeps the uniform one's scale. The target network
 theta- is `consistency.target`: 'online' = SG(theta) (mu = 0, the reference's CIFAR-10 CD:
 `target_params = params` with `stopgrad`), or 'ema' = the trainer's target EMA before this
 update, the loss's `ema` argument (theta- <- mu theta- + (1 - mu) theta with mu =
 consistency.mu, the reference's ImageNet-64 CD 0.95), a second EMA beside the sampling one
-(optim.ema_decay, the paper's 0.999943), never restarted across an N curriculum. The student
-and target calls share one dropout key, as in the reference. At s = t_min the target is z_hat_s itself (the boundary).
+(optim.ema_decay, the paper's 0.999943), never restarted across an N curriculum. The student and
+target calls share one dropout key, as in the reference. At s = t_min the target is z_hat_s
+itself (the boundary).
 
 Teacher solvers (`consistency.teacher_solver`): 'ddim' (z_s = alpha_s x_hat + sigma_s eps_hat,
 exactly the reference's `euler_solver`, an Euler step in EDM's sigma) or a `sampling.ode`
@@ -203,7 +204,8 @@ def interval_weights(grid, process, i, n, max_n: int, weighting: str):
   1 / (sigma_i - sigma_{i-1}) over its mean on the n intervals ('ict'; max_n >= n static)."""
   if weighting == "uniform":
     return jnp.ones(jnp.shape(i), jnp.float32)
-  inverse_gap = lambda j: 1.0 / (edm_sigma(process, grid(j, n)) - edm_sigma(process, grid(j - 1, n)))
+  sigma = lambda j: edm_sigma(process, grid(j, n))
+  inverse_gap = lambda j: 1.0 / (sigma(j) - sigma(j - 1))
   every = jnp.arange(1, max_n + 1)
   mean = jnp.sum(jnp.where(every <= n, inverse_gap(every), 0.0)) / jnp.asarray(n, jnp.float32)
   return inverse_gap(i) / mean

@@ -191,7 +191,8 @@ def seed_summary(rows, seeds: dict) -> list[dict]:
   for row in rows:
     part = seeds.get(row["model"], row["model"])
     if part in parts:
-      key = (part, row["checkpoint_step"], row["sampler"], row["steps"], row["guidance_weight"])
+      key = (part, row["checkpoint_step"], row["sampler"], row["steps"],
+             row["guidance_weight"])
       groups.setdefault(key, []).append(row)
   metrics = [c for c in quality_table.table_columns(rows)
              if c.startswith("FD-") or c in quality_table.METRIC_COLUMNS]
