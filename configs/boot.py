@@ -5,8 +5,8 @@
 |---------------|-------------------------------|-------------------------|---------------|-------|------|------------|
 | digits        | digits                        | 8, 16, 32               | 300           | 64    | 2e-3 | -          |
 | digits_cond   | digits_cond (10 classes)      | 8, 16, 32               | 300           | 64    | 2e-3 | U[0, 4]    |
-| fashion_mnist_cpu | fashion_mnist_cpu         | 8, 16, 32               | 80            | 64    | 5e-4 | -          |
-| fashion_mnist_cpu_cond | fashion_mnist_cpu_cond | 8, 16, 32              | 80            | 64    | 5e-4 | U[0, 4]    |
+| fashion_mnist_cpu | fashion_mnist_cpu         | 8, 16, 32               | 120           | 64    | 1e-3 | -          |
+| fashion_mnist_cpu_cond | fashion_mnist_cpu_cond | 8, 16, 32              | 120           | 64    | 1e-3 | U[0, 4]    |
 | fashion_mnist | fashion_mnist                 | 16, 32, 64              | 20k           | 128   | 1e-4 | -          |
 | cifar10       | cifar10                       | 32, 64, 128             | 100k          | 128   | 5e-5 | -          |
 | imagenet64    | imagenet64 (1000 classes)     | 32, 64, 128             | 100k          | 1024  | 1e-4 | U[0, 4]    |
@@ -90,15 +90,20 @@ def imagenet64():
   return guided_student(c, guidance_weight=1.0)
 
 
+def fashion_cpu(teacher_config):
+  """The digits recipe on a fashion_mnist_cpu teacher: its share of the digits updates per N
+  (configs/teacher.py:FASHION_CPU_SHARE) and, as on digits, the teacher's lr."""
+  per_n = teacher.fashion_cpu_updates(digits().boot.steps_per_stage)
+  return boot_config(teacher_config, "8,16,32", steps_per_stage=per_n,
+                     lr=teacher_config.optim.lr, ema_decay=0.99)
+
+
 def fashion_mnist_cpu():
-  return boot_config(teacher.fashion_mnist_cpu(), "8,16,32", steps_per_stage=80, lr=5e-4,
-                     ema_decay=0.99)
+  return fashion_cpu(teacher.fashion_mnist_cpu())
 
 
 def fashion_mnist_cpu_cond():
-  c = boot_config(teacher.fashion_mnist_cpu_cond(), "8,16,32", steps_per_stage=80, lr=5e-4,
-                  ema_decay=0.99)
-  return guided_student(c)
+  return guided_student(fashion_cpu(teacher.fashion_mnist_cpu_cond()))
 
 
 PRESETS = {"digits": digits, "digits_cond": digits_cond, "fashion_mnist": fashion_mnist,

@@ -4,7 +4,7 @@
 | preset        | grid N | solver | target (mu)   | updates | batch | lr    | EMA     | eval steps |
 |---------------|--------|--------|---------------|---------|-------|-------|---------|------------|
 | digits        | 32     | heun   | ema (0.95)    | 1k      | 64    | 2e-4  | 0.99    | 1, 2, 4    |
-| fashion_mnist_cpu | 16 | heun   | ema (0.95)    | 300     | 64    | 2e-4  | 0.99    | 1, 2, 4    |
+| fashion_mnist_cpu | 32 | heun   | ema (0.95)    | 400     | 64    | 2e-4  | 0.99    | 1, 2, 4    |
 | fashion_mnist | 18     | heun   | ema (0.95)    | 50k     | 128   | 1e-4  | 0.999   | 1, 2, 3    |
 | cifar10       | 18     | heun   | online (0)    | 800k    | 512   | 4e-4  | 0.9999  | 1, 2, 3    |
 | imagenet64    | 40     | heun   | ema (0.95)    | 600k    | 2048  | 8e-6  | 0.999943| 1, 2, 4    |
@@ -107,7 +107,9 @@ def imagenet64():
 
 
 def fashion_mnist_cpu():
-  return consistency_config(teacher.fashion_mnist_cpu(), (16,), steps_per_stage=300, lr=2e-4,
+  return consistency_config(teacher.fashion_mnist_cpu(), digits().consistency.schedule,
+                            steps_per_stage=teacher.fashion_cpu_updates(
+                                digits().consistency.steps_per_stage), lr=2e-4,
                             batch_size=64, ema_decay=0.99)
 
 

@@ -86,7 +86,8 @@ def cifar10():
 
 def fashion_mnist_cpu():
   c = student_config(teacher.fashion_mnist_cpu(), teacher_steps=32, num_pairs=2048,
-                     num_heldout=256, loss="l2", batch_size=64, steps=500, lr=5e-4,
+                     num_heldout=256, loss="l2", batch_size=64,
+                     steps=teacher.fashion_cpu_updates(digits().num_train_steps), lr=5e-4,
                      warmup_steps=50, eval_every_steps=125, shard_size=2048,
                      generation_batch_size=512)
   c.log_every_steps = 50

@@ -4,7 +4,7 @@
 | preset        | teacher (class-conditional)     | w      | stage 1 | halvings       | batch | lr   |
 |---------------|---------------------------------|--------|---------|----------------|-------|------|
 | digits        | digits_cond (10 classes)        | [0, 4] | 150     | 64 -> 1, 150   | 64    | 5e-4 |
-| fashion_mnist_cpu | fashion_mnist_cpu_cond      | [0, 4] | 40      | 64 -> 1, 40    | 64    | 5e-4 |
+| fashion_mnist_cpu | fashion_mnist_cpu_cond      | [0, 4] | 60      | 64 -> 1, 60    | 64    | 5e-4 |
 | fashion_mnist | fashion_mnist, num_classes=10   | [0, 4] | 5k      | 256 -> 1, 5k   | 128   | 1e-4 |
 | cifar10       | cifar10, num_classes=10         | [0, 4] | 50k     | 8192 -> 1, 50k | 128   | 5e-5 |
 | imagenet64    | imagenet64 (1000 classes)       | [0, 4] | 50k     | 1024 -> 1, 50k | 2048  | 1e-4 |
@@ -55,7 +55,8 @@ def imagenet64():
 
 
 def fashion_mnist_cpu():
-  c = progressive.digits_distill(teacher.fashion_mnist_cpu_cond(), steps_per_stage=40)
+  per_stage = teacher.fashion_cpu_updates(digits().distill.steps_per_stage)
+  c = progressive.digits_distill(teacher.fashion_mnist_cpu_cond(), steps_per_stage=per_stage)
   return guided_config(c, w_steps=c.distill.steps_per_stage)
 
 

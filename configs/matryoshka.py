@@ -114,8 +114,9 @@ def imagenet64():
 
 def fashion_mnist_cpu():
   """The fashion_mnist preset at a quarter of its widths on the fashion_mnist_cpu teacher's
-  optimiser, 800 updates and the EMA ramped up (as the pipeline's Catch-Up)."""
-  return matryoshka_config(teacher.fashion_mnist_cpu_short(800), (28, 14), (1, 1),
+  optimiser, for its share of digits' updates (configs/teacher.py:FASHION_CPU_SHARE): 800."""
+  num_updates = teacher.fashion_cpu_updates(digits().num_train_steps)
+  return matryoshka_config(teacher.fashion_mnist_cpu_short(num_updates), (28, 14), (1, 1),
                            inner=dict(ch=16, ch_mult=(1, 2), num_res_blocks=2,
                                       attn_resolutions=(7,)),
                            shells=[dict(ch=8, ch_mult=(1, 2), num_res_blocks=2)])

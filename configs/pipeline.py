@@ -41,12 +41,13 @@ Presets:
                  would not compare them): each part's preset takes about the teacher's time
                  for its 2k updates (measured 0.9-1.8x of it: README)
   fashion_mnist_cpu
-                 the same on Fashion-MNIST sized for 2 CPU cores (2 h 32 min measured; the
-                 `fashion_mnist_cpu` preset of every method config): FID from the converted
+                 the same on Fashion-MNIST sized for 2 CPU cores (about 3 hours): the
+                 `fashion_mnist_cpu` preset of every method config, each with 0.4 of its
+                 digits preset's updates (configs/teacher.py:FASHION_CPU_SHARE: digits' one
+                 budget, shrunk by one factor; the teacher 5k); FID from the converted
                  Inception weights (a missing file is an error naming the conversion command)
                  and FD-fashion_mnist, 1000 samples a row against the first 1000 training
-                 images; Catch-Up and Matryoshka get 800 updates (the teacher 5k); the rows
-                 are each part's few-step end (`headline_rows`)
+                 images; the rows are each part's few-step end (`headline_rows`)
 """
 import ml_collections
 

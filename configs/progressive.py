@@ -4,7 +4,7 @@
 | preset        | teacher -> student steps | updates per halving | batch | lr   |
 |---------------|--------------------------|---------------------|-------|------|
 | digits        | 64 -> 32, ..., 1         | 300                 | 64    | 5e-4 |
-| fashion_mnist_cpu | 64 -> 32, ..., 1     | 60                  | 64    | 5e-4 |
+| fashion_mnist_cpu | 64 -> 32, ..., 1     | 120                 | 64    | 5e-4 |
 | fashion_mnist | 256 -> 128, ..., 1       | 5k                  | 128   | 1e-4 |
 | cifar10       | 8192 -> 4096, ..., 1     | 50k                 | 128   | 5e-5 |
 | imagenet64    | 1024 -> 512, ..., 1      | 50k                 | 2048  | 1e-4 |
@@ -74,7 +74,8 @@ def imagenet64():
 
 
 def fashion_mnist_cpu():
-  return digits_distill(teacher.fashion_mnist_cpu(), steps_per_stage=60)
+  per_stage = teacher.fashion_cpu_updates(digits().distill.steps_per_stage)
+  return digits_distill(teacher.fashion_mnist_cpu(), steps_per_stage=per_stage)
 
 
 PRESETS = {"digits": digits, "fashion_mnist": fashion_mnist, "fashion_mnist_cpu": fashion_mnist_cpu,

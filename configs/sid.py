@@ -6,7 +6,7 @@ configs/teacher.py:<the teacher column>>.
 |---------------|---------------------------|-----------|-------|----------------|----------|---------|
 | digits        | digits                    | 700       | 64    | 2e-4           | 0.99     | 0       |
 | digits_cond   | digits_cond, w ~ U[0, 4]  | 700       | 64    | 2e-4           | 0.99     | 0       |
-| fashion_mnist_cpu | fashion_mnist_cpu     | 250       | 64    | 2e-4           | 0.99     | 0       |
+| fashion_mnist_cpu | fashion_mnist_cpu     | 280       | 64    | 2e-4           | 0.99     | 0       |
 | fashion_mnist | fashion_mnist             | 100k      | 256   | 1e-5           | 0.99964  | 0       |
 | cifar10       | cifar10                   | 1,953,125 | 256   | 1e-5           | 0.99964  | 0.13    |
 | imagenet64    | imagenet64 (1000 classes) | 122,070   | 8192  | 4e-6           | 0.99716  | 0.1     |
@@ -112,10 +112,11 @@ def imagenet64():
 
 
 def fashion_mnist_cpu():
-  c = sid_config(teacher.fashion_mnist_cpu(), num_updates=250, lr=2e-4, batch_size=64,
+  num_updates = teacher.fashion_cpu_updates(digits().sid.num_updates)
+  c = sid_config(teacher.fashion_mnist_cpu(), num_updates=num_updates, lr=2e-4, batch_size=64,
                  ema_decay=0.99)
-  c.checkpoint_every_steps = 125
-  c.sample_every_steps = 125
+  c.checkpoint_every_steps = num_updates // 2
+  c.sample_every_steps = num_updates // 2
   return c
 
 

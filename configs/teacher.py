@@ -56,6 +56,18 @@ def fashion_mnist_cpu():
   return c
 
 
+# The fashion_mnist_cpu presets of the other methods take this share of their digits preset's
+# updates: the digits presets are sized to one budget (each about the digits teacher's wall-clock
+# for its 2k updates), and one factor keeps them equal on Fashion-MNIST while the pipeline
+# fits ~3 hours of 2 CPU cores (configs/pipeline.py:fashion_mnist_cpu).
+FASHION_CPU_SHARE = 0.4
+
+
+def fashion_cpu_updates(digits_updates: int) -> int:
+  """A method's fashion_mnist_cpu updates from its digits preset's: x FASHION_CPU_SHARE."""
+  return round(digits_updates * FASHION_CPU_SHARE)
+
+
 def fashion_mnist_cpu_short(num_train_steps):
   """fashion_mnist_cpu for a short run from scratch (the pipeline's conditional teacher,
   Catch-Up, Matryoshka): `num_train_steps` updates."""

@@ -122,6 +122,16 @@ def test_digits_all_has_a_row_for_every_method_and_an_interrupted_run_continues(
       assert row[metric] == pytest.approx(by_key[key(row)][metric], rel=1e-5)
 
 
+def test_fashion_mnist_cpu_gives_every_learner_the_same_share_of_its_digits_updates():
+  """One budget shrunk by one factor: every part but the two teachers trains 0.4 x the
+  updates of its digits_all counterpart (Matryoshka's inner run and full model each)."""
+  digits, fashion = get_config("digits_all"), get_config("fashion_mnist_cpu")
+  total = lambda part: sum(stage.num_updates for stage in get_method(part).stages())
+  for name in set(fashion.parts) - {"teacher", "teacher_cond"}:
+    assert total(fashion.parts[name]) == round(0.4 * total(digits.parts[name])), name
+  assert total(fashion.parts.teacher) == 5000 and total(fashion.parts.teacher_cond) == 1000
+
+
 def test_fashion_mnist_cpu_has_every_part_on_its_teachers_and_fid_with_equal_n():
   digits, config = get_config("digits_all"), get_config("fashion_mnist_cpu")
   assert set(config.parts) == set(digits.parts) == set(config.rows) | {"matryoshka_inner"}
