@@ -27,7 +27,7 @@ keys with e.g. --config.parts.teacher.num_train_steps=500 or
 
 Presets:
   digits         teacher -> progressive distillation 64 -> 1 steps -> report (the README's
-                 first command, about 7 minutes on 2 CPU cores)
+                 first command, 6-10 minutes on 2 CPU cores)
   fashion_mnist  the same on Fashion-MNIST (hours on a CPU)
   digits_all     every method on the digits teachers, one report (`all_methods`): the
                  teacher and the class-conditional teacher guided distillation needs;
