@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from configs.matryoshka import get_config as matryoshka_config
+from configs.teacher import get_config as teacher_config
 from diffusion.nested_unet import nested_resolutions
 from diffusion.networks import build_network, init_params
 from distillation.matryoshka import avg_pool
@@ -159,6 +160,20 @@ def test_presets_nest_their_resolutions(preset):
     method = get_method(matryoshka_config(name))
     assert method.resolutions == tuple(sorted(matryoshka_config(name).mdm.resolutions))
     assert method.stages()[0].args["num_steps"] == method.config.sample.num_steps
+
+
+@pytest.mark.parametrize("preset,size", [("digits", 8), ("fashion_mnist_cpu", 28)])
+def test_small_presets_have_the_teachers_width_and_at_most_its_parameters(preset, size):
+  """digits_all and fashion_mnist_cpu compare Matryoshka with its teacher at equal parameters:
+  the full-resolution shell as wide as the teacher, the whole within 80-100% of its parameters
+  (digits 184,538 against 193,441)."""
+  count = lambda model, shape: sum(x.size for x in jax.tree.leaves(jax.eval_shape(
+      lambda: init_params(build_network(model), jax.random.key(0), shape))))
+  mdm, teacher = matryoshka_config(preset), teacher_config(preset)
+  assert mdm.model.ch == teacher.model.ch
+  shapes = tuple((r, r, 1) for r in sorted(mdm.mdm.resolutions))
+  n_mdm, n_teacher = count(mdm.model, shapes), count(teacher.model, (size, size, 1))
+  assert 0.8 * n_teacher <= n_mdm <= n_teacher, (n_mdm, n_teacher)
 
 
 # ---- through the trainer: growth, resume, devices --------------------------------------------
