@@ -107,9 +107,10 @@ def imagenet64():
 
 
 def fashion_mnist_cpu():
-  return consistency_config(teacher.fashion_mnist_cpu(), digits().consistency.schedule,
-                            steps_per_stage=teacher.fashion_cpu_updates(
-                                digits().consistency.steps_per_stage), lr=2e-4,
+  d = digits().consistency
+  return consistency_config(teacher.fashion_mnist_cpu(), d.schedule,
+                            steps_per_stage=teacher.fashion_cpu_updates(d.steps_per_stage),
+                            lr=2e-4,
                             batch_size=64, ema_decay=0.99)
 
 
