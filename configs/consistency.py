@@ -107,11 +107,12 @@ def imagenet64():
 
 
 def fashion_mnist_cpu():
-  d = digits().consistency
-  return consistency_config(teacher.fashion_mnist_cpu(), d.schedule,
-                            steps_per_stage=teacher.fashion_cpu_updates(d.steps_per_stage),
-                            lr=2e-4,
-                            batch_size=64, ema_decay=0.99)
+  d = digits()
+  return consistency_config(teacher.fashion_mnist_cpu(), d.consistency.schedule,
+                            steps_per_stage=teacher.fashion_cpu_updates(
+                                d.consistency.steps_per_stage),
+                            lr=d.optim.lr, batch_size=d.batch_size,
+                            ema_decay=d.optim.ema_decay)
 
 
 PRESETS = {"digits": digits, "fashion_mnist": fashion_mnist, "fashion_mnist_cpu": fashion_mnist_cpu,
