@@ -1,4 +1,6 @@
 """Shared set-up of the distillation tests: 2-D Gaussian-mixture data and small MLP configs."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -6,6 +8,7 @@ import numpy as np
 
 from configs.base import base_config
 from diffusion.analytic import GaussianMixture
+from diffusion.networks import init_params
 
 # Three well-separated classes in 2-D.
 MIXTURE = GaussianMixture(weights=np.array([0.3, 0.3, 0.4], np.float32),
@@ -37,9 +40,27 @@ def gmm_batch(rng, n):
   return {"image": x, "label": labels.astype(jnp.int32)}
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _draws(keys, size, dtype):
+  """normal(key, (size,), dtype) for every key, one row each."""
+  return jax.vmap(lambda key: jax.random.normal(key, (size,), dtype))(keys)
+
+
 def randomize(params, rng, scale=0.3):
-  """Every leaf replaced by N(0, scale^2) noise (so zero-initialised output layers act)."""
+  """Every leaf replaced by N(0, scale^2) noise (so zero-initialised output layers act): leaf i
+  is scale * normal(split(rng)[i], its shape), read as the first values of one vmapped draw per
+  dtype (with jax_threefry_partitionable a draw's values do not depend on its shape), which
+  compiles one program where a draw per leaf compiles one per leaf shape."""
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(rng, len(leaves))
-  return jax.tree.unflatten(tree, [scale * jax.random.normal(k, l.shape, l.dtype)
-                                   for k, l in zip(keys, leaves)])
+  size = max(leaf.size for leaf in leaves)
+  draws = {d: np.asarray(_draws(keys, size, d)) for d in {l.dtype for l in leaves}}
+  return jax.tree.unflatten(tree, [jnp.asarray((scale * draws[l.dtype][i, :l.size]).reshape(
+      l.shape)) for i, l in enumerate(leaves)])
+
+
+def random_params(network, shape, rng, scale=0.3):
+  """`randomize` of `network`'s parameters for inputs of shape `shape` (init_params' shapes
+  alone: no initialiser runs)."""
+  return randomize(jax.eval_shape(lambda: init_params(network, jax.random.key(0), shape)), rng,
+                   scale)

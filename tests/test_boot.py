@@ -16,7 +16,6 @@ from configs.boot import boot_config, guided_student
 from diffusion.analytic import analytic_denoiser, gaussian
 from diffusion.denoiser import make_denoiser, model_apply_fn
 from diffusion.mlp import MLP
-from diffusion.networks import init_params
 from diffusion.parameterization import Prediction
 from diffusion.processes import CosineVP, LinearFlow
 from diffusion.targets import signal_step_size, signal_target
@@ -27,7 +26,7 @@ from infra.mesh import make_mesh
 from infra.params import load_params
 from sampling import get_sampler
 from sampling.steps import ddim_step, scales
-from tests.distill_fixtures import MIXTURE, randomize
+from tests.distill_fixtures import MIXTURE, random_params
 from tests.tiny_config import tiny_teacher_config
 from training import data
 from training.method import get_method
@@ -52,7 +51,7 @@ def grid_times(rng, batch, n):
 def student_and_teacher(process, seed=0):
   """A randomised MLP student (so every layer acts) and the analytic Gaussian teacher."""
   network, student = mlp_student(process=process)
-  params = randomize(init_params(network, jax.random.key(seed), (2,)), jax.random.key(seed + 1))
+  params = random_params(network, (2,), jax.random.key(seed + 1))
   return student, params, analytic_denoiser(gaussian(MEAN, VAR), process)
 
 
@@ -293,8 +292,7 @@ def test_sample_is_one_student_call_on_the_shared_noise(teacher_dir, tmp_path):
   config = boot_run_config(teacher_dir, 6, tmp_path)
   config.sample.update(guidance_weight=1.5, clip_x=False)
   method = get_method(config)
-  params = randomize(init_params(method.network, jax.random.key(2), (8, 8, 1)),
-                     jax.random.key(3))
+  params = random_params(method.network, (8, 8, 1), jax.random.key(3))
   rng = jax.random.key(4)
   images = method.sample(params, rng, 6, {"num_steps": 1})
   eps = jax.random.normal(jax.random.split(rng)[0], (6, 8, 8, 1))

@@ -21,7 +21,7 @@ from distillation.catch_up import (DELTAS, catch_up_loss, catch_up_steps, catch_
 from distillation.flow_matching import mse
 from infra.mesh import make_mesh
 from sampling import get_sampler
-from tests.distill_fixtures import MIXTURE, gmm_batch, gmm_config, randomize
+from tests.distill_fixtures import MIXTURE, gmm_batch, gmm_config, random_params, randomize
 from tests.tiny_config import tiny_teacher_config
 from training.method import get_method
 from training.offline import OfflineDataError
@@ -162,13 +162,12 @@ def test_extra_heads_start_at_zero_and_leave_the_main_output_unchanged(model):
   z, time = jax.random.normal(jax.random.key(3), (4,) + shape), jnp.linspace(0.1, 0.9, 4)
 
   @jax.jit   # one compilation (they are slow for a UNet on a busy CPU)
-  def outputs(key):
-    params = randomize(init_params(single, key, shape), jax.random.fold_in(key, 1))
-    multi_params = dict(init_params(multi, jax.random.fold_in(key, 2), shape), **params)
+  def outputs(params, key):
+    multi_params = dict(init_params(multi, key, shape), **params)
     return (single.apply({"params": params}, z, time),
             multi.apply({"params": multi_params}, z, time))
 
-  o, heads = outputs(jax.random.key(0))
+  o, heads = outputs(random_params(single, shape, jax.random.key(1)), jax.random.key(2))
   assert isinstance(heads, tuple) and len(heads) == 3 and head_outputs(o) == (o,)
   np.testing.assert_array_equal(heads[0], o)
   for extra in heads[1:]:

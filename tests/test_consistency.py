@@ -25,7 +25,7 @@ from distillation import consistency
 from infra.mesh import make_mesh
 from sampling import get_sampler
 from sampling.steps import renoise_step
-from tests.distill_fixtures import gmm_batch, gmm_config, randomize
+from tests.distill_fixtures import gmm_batch, gmm_config, random_params
 from tests.tiny_config import tiny_teacher_config
 from training.method import get_method
 from training.trainer import Trainer
@@ -67,8 +67,7 @@ def test_boundary_is_the_identity_for_any_parameters(name, sigma_data):
     network, denoise = mlp_denoiser(process, parameterization, num_classes=3)
     f = consistency.consistency_function(denoise, process, sigma_data)
     for seed in range(3):
-      params = randomize(init_params(network, jax.random.key(seed), (2,)),
-                         jax.random.key(10 * i + seed), scale=1.0)
+      params = random_params(network, (2,), jax.random.key(10 * i + seed), scale=1.0)
       np.testing.assert_array_equal(f(params, z, jnp.zeros(64), label).x, z)
       np.testing.assert_array_equal(f(params, z, 0.0, label, rng=jax.random.key(3)).x, z)
       assert float(jnp.min(jnp.abs(f(params, z, 1e-3, label).x - z))) > 0.0
@@ -97,7 +96,7 @@ def test_a_copied_teacher_starts_at_its_x_prediction(parameterization):
   v-network with sd = 1, F is the raw output negated."""
   process = CosineVP()
   network, denoise = mlp_denoiser(process, parameterization)
-  params = randomize(init_params(network, jax.random.key(0), (2,)), jax.random.key(1))
+  params = random_params(network, (2,), jax.random.key(1))
   z = jax.random.normal(jax.random.key(2), (256, 2))
   t = jax.random.uniform(jax.random.key(3), (256,), minval=0.2, maxval=1.0)
   f = consistency.consistency_function(denoise, process, 0.5)(params, z, t).x
@@ -114,7 +113,7 @@ def test_teacher_steps_chained_over_the_grid_are_the_sampler(solver):
   """N per-example teacher steps t_i -> t_{i-1} from z_1 = the registered N-step sampler."""
   process, n = CosineVP(), 6
   network, denoise = mlp_denoiser(process)
-  params = randomize(init_params(network, jax.random.key(0), (2,)), jax.random.key(1))
+  params = random_params(network, (2,), jax.random.key(1))
   z = jax.random.normal(jax.random.key(2), (32, 2))
   step = jax.jit(lambda z, t, s: consistency.teacher_step(solver, denoise, params, z, t, s,
                                                           None, process))
@@ -130,8 +129,7 @@ def test_gradients_reach_only_the_student():
   target gives the gradient of the EMA target at ema = params (SG on theta-)."""
   config = gmm_consistency_config(target="ema")
   method = get_method(config)
-  init = lambda seed: randomize(init_params(method.network, jax.random.key(seed), (2,)),
-                                jax.random.key(seed + 1))
+  init = lambda seed: random_params(method.network, (2,), jax.random.key(seed + 1))
   params, ema, teacher = init(0), init(2), init(4)
   batch, stage = gmm_batch(jax.random.key(6), 128), {"grid": jnp.asarray(8)}
   loss = lambda p, e, f: method.loss(p, f, batch, jax.random.key(7), stage, e)[0]
@@ -195,7 +193,7 @@ def test_consistency_sampler_renoises_from_the_boundary():
   = f(z_1, 1)."""
   process = CosineVP()
   network, denoise = mlp_denoiser(process)
-  params = randomize(init_params(network, jax.random.key(0), (2,)), jax.random.key(1))
+  params = random_params(network, (2,), jax.random.key(1))
   f = consistency.consistency_function(denoise, process, 0.5)
   z, rng = jax.random.normal(jax.random.key(2), (16, 2)), jax.random.key(3)
   sampler = get_sampler("consistency")
@@ -269,7 +267,7 @@ def test_one_and_eight_devices_agree(teacher_dir, full_run, tmp_path):
 def test_sample_uses_the_shared_noise():
   """sample() at 1 step = f(z_1, 1) with z_1 drawn as training.samples.sample_images draws it."""
   method = get_method(gmm_consistency_config())
-  params = randomize(init_params(method.network, jax.random.key(0), (2,)), jax.random.key(1))
+  params = random_params(method.network, (2,), jax.random.key(1))
   rng = jax.random.key(2)
   z_1 = jax.random.normal(jax.random.split(rng)[0], (8, 2))
   np.testing.assert_allclose(method.sample(params, rng, 8, {"num_steps": 1}),

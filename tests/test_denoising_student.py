@@ -22,7 +22,7 @@ from distillation.denoising_student import DenoisingStudent, regression_loss
 from infra import checkpoint
 from infra.mesh import make_mesh
 from infra.params import load_params
-from tests.distill_fixtures import gmm_config, randomize
+from tests.distill_fixtures import gmm_config, random_params
 from tests.tiny_config import tiny_teacher_config
 from training import offline, offline_source
 from training.method import get_method
@@ -76,7 +76,7 @@ def pairs_dir(teacher_dir, tmp_path_factory):
 @pytest.mark.parametrize("parameterization", ["v", "x", "eps"])
 def test_student_starts_as_the_teachers_one_step_readout(parameterization):
   method = mlp_method(parameterization)
-  teacher = randomize(init_params(method.network, jax.random.key(0), (2,)), jax.random.key(1))
+  teacher = random_params(method.network, (2,), jax.random.key(1))
   params = method.init(jax.random.key(2), teacher)
   eps = jax.random.normal(jax.random.key(3), (16, 2))
   student = method.student(params, eps, None)

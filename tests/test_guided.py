@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion.networks import build_denoiser, init_params
+from diffusion.networks import build_denoiser
 from distillation.guided import GuidedDistillation, GuidedStage1, guided_w_loss
 from distillation.progressive import ProgressiveDistillation, progressive_loss
 from sampling import guided
-from tests.distill_fixtures import gmm_batch, gmm_config, randomize
+from tests.distill_fixtures import gmm_batch, gmm_config, random_params, randomize
 from training.method import get_method
 
 NUM_CLASSES = 3
@@ -23,7 +23,7 @@ def setup():
   assert isinstance(method, GuidedDistillation)
   config = gmm_config("teacher", NUM_CLASSES)
   network, _, teacher_denoise = build_denoiser(config)
-  teacher = randomize(init_params(network, jax.random.key(0), (2,)), jax.random.key(1))
+  teacher = random_params(network, (2,), jax.random.key(1))
   student = method.init(jax.random.key(2), teacher)
   return method, teacher, teacher_denoise, student, gmm_batch(jax.random.key(3), 128)
 

@@ -13,7 +13,7 @@ from configs import guided as guided_configs
 from configs import progressive as progressive_configs
 from configs import teacher as teacher_configs
 from diffusion.analytic import analytic_denoiser
-from diffusion.networks import build_denoiser, init_params
+from diffusion.networks import build_denoiser
 from diffusion.parameterization import Prediction
 from diffusion.processes import broadcast_to, get_process
 from distillation.encoder import (EncoderDistillation, encode, encoder_loss,
@@ -23,7 +23,7 @@ from distillation.progressive import (ProgressiveDistillation, halving_steps, ha
 from distillation.teacher import TeacherTraining
 from sampling import get_sampler
 from sampling.steps import ddim_step, scales
-from tests.distill_fixtures import MIXTURE, gmm_batch, gmm_config, randomize
+from tests.distill_fixtures import MIXTURE, gmm_batch, gmm_config, random_params, randomize
 from training.method import get_method
 from training.samples import ddim_samples, sample_labels
 
@@ -39,7 +39,7 @@ def teacher_denoiser(kind, process_name):
   config = gmm_config(parameterization="velocity" if process.is_flow else "v")
   config.diffusion.process = process_name
   network, process, denoise = build_denoiser(config)
-  params = randomize(init_params(network, jax.random.key(0), (2,)), jax.random.key(1))
+  params = random_params(network, (2,), jax.random.key(1))
   return denoise, params, process
 
 
@@ -117,7 +117,7 @@ def test_first_encoder_teacher_is_sampling_ddim_encode():
 def test_loss_and_gradients_are_finite_at_every_n(parameterization, loss_fn):
   config = gmm_config(parameterization=parameterization)
   network, process, denoise = build_denoiser(config)
-  teacher = randomize(init_params(network, jax.random.key(0), (2,)), jax.random.key(1))
+  teacher = random_params(network, (2,), jax.random.key(1))
   student = randomize(teacher, jax.random.key(2))
   x = gmm_batch(jax.random.key(3), 256)["image"]
   fn = jax.jit(jax.value_and_grad(
@@ -168,7 +168,7 @@ def test_one_stage_brings_the_student_closer_to_the_2n_step_teacher():
 def test_stage_metrics_compare_n_and_2n_step_samples():
   config = gmm_config()
   method = ProgressiveDistillation(config)
-  teacher = randomize(init_params(method.network, jax.random.key(0), (2,)), jax.random.key(1))
+  teacher = random_params(method.network, (2,), jax.random.key(1))
   stage = {"num_steps": jnp.asarray(2)}
   metrics = jax.jit(method.stage_metrics)(teacher, teacher, jax.random.key(2), stage)
   images = lambda k: ddim_samples(config, method.denoise, method.process, teacher,
@@ -186,7 +186,7 @@ def test_encoder_method_stages_and_sampler():
   assert [s.args for s in stages] == [{"num_steps": 4, "data_first_step": 1},
                                       {"num_steps": 2, "data_first_step": 0},
                                       {"num_steps": 1, "data_first_step": 0}]
-  teacher = randomize(init_params(method.network, jax.random.key(0), (2,)), jax.random.key(1))
+  teacher = random_params(method.network, (2,), jax.random.key(1))
   frozen = method.init_frozen(teacher)
   assert method.next_frozen(frozen, "student")["teacher"] == "student"
   x = MIXTURE.sample(jax.random.key(2), 8)[0]
@@ -204,7 +204,7 @@ def test_class_conditional_encoder_metrics_use_the_sampled_labels():
   DDIM samples, both given the labels those samples were drawn with."""
   config = gmm_config(method="progressive_encoder", num_classes=3)
   method = get_method(config)
-  teacher = randomize(init_params(method.network, jax.random.key(0), (2,)), jax.random.key(1))
+  teacher = random_params(method.network, (2,), jax.random.key(1))
   student = randomize(teacher, jax.random.key(2))
   stage = method.stages()[0].jax_args()
   metrics = jax.jit(method.stage_metrics)(student, method.init_frozen(teacher),

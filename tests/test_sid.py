@@ -22,7 +22,7 @@ from distillation.sid import SiDSettings, generate, init_time, sid_generator_los
 from infra import sources
 from infra.mesh import make_mesh, shard_batch
 from infra.params import load_params
-from tests.distill_fixtures import gmm_config, randomize
+from tests.distill_fixtures import gmm_config, random_params
 from tests.tiny_config import tiny_teacher_config
 from training import data
 from training.method import get_method
@@ -71,8 +71,8 @@ def random_networks(guidance):
   config = gmm_config("sid", num_classes=3 if guidance else 0, guidance=guidance)
   student_network, process, denoise = build_denoiser(config)
   network, _, teacher_denoise = build_denoiser(config, guidance=False)
-  teacher_params = randomize(init_params(network, jax.random.key(0), (2,)), jax.random.key(1))
-  student = lambda k: randomize(init_params(student_network, k, (2,)), k)
+  teacher_params = random_params(network, (2,), jax.random.key(1))
+  student = lambda k: random_params(student_network, (2,), k)
   params = {"generator": student(jax.random.key(2)), "fake_score": student(jax.random.key(3))}
   section = ml_collections.ConfigDict(dict(w_min=0.0, w_max=4.0, guidance_weight=0.0))
   conditioning = DataFreeConditioning.from_config(config.model, section)
