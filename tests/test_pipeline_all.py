@@ -3,6 +3,7 @@ trains on the digits teachers and lands in one report; an interrupted pipeline c
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -11,7 +12,7 @@ import ml_collections
 import pytest
 
 import distillation  # noqa: F401  (fills the method registry)
-from commands.pipeline import run_pipeline
+from commands.pipeline import part_order, run_pipeline
 from configs.pipeline import get_config
 from training.method import METHODS, get_method
 from training.trainer import StoppedEarly
@@ -106,13 +107,21 @@ def test_digits_all_has_a_row_for_every_method_and_an_interrupted_run_continues(
   assert cost["teacher"] == (4, 0) and cost["catch_up"] == (4, 0)
   assert cost["matryoshka"] == (4 + 4, 0)         # the grown model's inner run counted
   # Interrupted by a SIGTERM in the middle of the progressive part, then the same command.
+  # The parts before it are the finished ones of the first run (copied), which both sittings
+  # skip, their recorded costs kept; progressive and every part after it train here.
   workdir = tmp_path / "interrupted"
+  order = part_order(config)
+  finished = order[:order.index("progressive")]
+  for part in finished:
+    shutil.copytree(tmp_path / "uninterrupted" / part, workdir / part)
+  recorded = {p: (workdir / p / "train_cost.json").read_text() for p in finished}
   watcher = _sigterm_when(workdir / "progressive" / "checkpoints" / "2")
   with pytest.raises(StoppedEarly):
     run_pipeline(config, str(workdir))
   watcher.join()
   assert not (workdir / "report").exists() and not (workdir / "sid").exists()
   resumed = run_pipeline(config, str(workdir))
+  assert {p: (workdir / p / "train_cost.json").read_text() for p in finished} == recorded
   key = lambda r: (r["model"], r["checkpoint_step"], r["sampler"], r["steps"],
                    r["guidance_weight"])
   assert sorted(map(key, resumed)) == sorted(map(key, rows))
