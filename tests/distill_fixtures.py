@@ -46,17 +46,23 @@ def _draws(keys, size, dtype):
   return jax.vmap(lambda key: jax.random.normal(key, (size,), dtype))(keys)
 
 
-def randomize(params, rng, scale=0.3):
-  """Every leaf replaced by N(0, scale^2) noise (so zero-initialised output layers act): leaf i
-  is scale * normal(split(rng)[i], its shape), read as the first values of one vmapped draw per
-  dtype (with jax_threefry_partitionable a draw's values do not depend on its shape), which
-  compiles one program where a draw per leaf compiles one per leaf shape."""
+def normal_tree(params, rng):
+  """A tree like `params` of numpy arrays: leaf i is normal(split(rng)[i], its shape, dtype),
+  read as the first values of one vmapped draw per dtype (with jax_threefry_partitionable a
+  draw's values do not depend on its shape), which compiles one program where a draw per leaf
+  compiles one per leaf shape."""
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(rng, len(leaves))
   size = max(leaf.size for leaf in leaves)
   draws = {d: np.asarray(_draws(keys, size, d)) for d in {l.dtype for l in leaves}}
-  return jax.tree.unflatten(tree, [jnp.asarray((scale * draws[l.dtype][i, :l.size]).reshape(
-      l.shape)) for i, l in enumerate(leaves)])
+  return jax.tree.unflatten(tree, [draws[l.dtype][i, :l.size].reshape(l.shape)
+                                   for i, l in enumerate(leaves)])
+
+
+def randomize(params, rng, scale=0.3):
+  """Every leaf replaced by N(0, scale^2) noise (so zero-initialised output layers act):
+  scale * `normal_tree`."""
+  return jax.tree.map(lambda n: jnp.asarray(scale * n), normal_tree(params, rng))
 
 
 def random_params(network, shape, rng, scale=0.3):

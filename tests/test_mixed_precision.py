@@ -7,6 +7,7 @@ import pytest
 
 from configs.teacher import get_config as teacher_config
 from infra.mesh import make_mesh, shard_batch
+from tests.distill_fixtures import normal_tree
 from tests.tiny_config import tiny_teacher_config
 from training.method import get_method
 from training.trainer import Trainer
@@ -31,10 +32,8 @@ def loss_and_grad(config):
   output layers act) on a fixed batch."""
   method = get_method(config)
   params = method.init(jax.random.key(0))
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = jax.tree.unflatten(tree, [a + 0.05 * jax.random.normal(k, a.shape)
-                                     for a, k in zip(leaves, keys)])
+  params = jax.tree.map(lambda a, n: jnp.asarray(np.asarray(a) + 0.05 * n), params,
+                        normal_tree(params, jax.random.key(1)))
   x = jax.random.uniform(jax.random.key(2), (32, 8, 8, 1), minval=-1.0, maxval=1.0)
   fn = jax.value_and_grad(lambda p: method.loss(p, {}, {"image": x}, jax.random.key(3), {}),
                           has_aux=True)
