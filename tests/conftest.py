@@ -28,3 +28,10 @@ from tests.tiny_config import tiny_teacher_config  # noqa: E402
 @pytest.fixture
 def tiny_config():
   return tiny_teacher_config
+
+
+def pytest_collection_modifyitems(items):
+  """The files with slow tests first (order otherwise kept): with pytest-xdist's loadfile
+  scheduling (pytest.ini) the longest files then start at once instead of last."""
+  slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+  items.sort(key=lambda item: item.path not in slow_files)
