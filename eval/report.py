@@ -99,12 +99,18 @@ def model_entries(workdir: str, name: str, steps=(), samplers=("ddim",), weights
   return [e for e in entries if not max_nfe or SAMPLERS[e.sampler].nfe(e.num_steps) <= max_nfe]
 
 
+def _plain_log_labels(axis):
+  """Plain numbers (700, 2000) on a log axis; the minor ticks labelled only as many as fit
+  (all of them within a fraction of a decade, a few over one, none over more)."""
+  axis.set_major_formatter(matplotlib.ticker.LogFormatter())
+  axis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False))
+
+
 def _metric_axis(ax, metric: str):
   """FD / FID on a log scale with plain tick labels; the metric's name on the y axis."""
   if metric.startswith(("FD-", "FID")):
     ax.set_yscale("log")
-    for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-      axis_format(matplotlib.ticker.FormatStrFormatter("%g"))
+    _plain_log_labels(ax.yaxis)
   ax.set_ylabel(quality_table.HEADERS.get(metric, metric))
   ax.grid(True, alpha=0.3)
 
@@ -174,8 +180,7 @@ def plot_cost(rows, path: str, cost: str = "train_seconds") -> Optional[str]:
         ax.annotate(f"{nfe:g}", (x, y), textcoords="offset points", xytext=(4, 2),
                     fontsize=7, color=color)
     ax.set_xscale("log")
-    for axis_format in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
-      axis_format(matplotlib.ticker.FormatStrFormatter("%g"))
+    _plain_log_labels(ax.xaxis)
     ax.set_xlabel(f"training cost: {quality_table.HEADERS.get(cost, cost)} (labels: NFE)")
     _metric_axis(ax, metric)
   axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))

@@ -54,9 +54,9 @@ def normal_tree(params, rng):
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(rng, len(leaves))
   size = max(leaf.size for leaf in leaves)
-  draws = {d: np.asarray(_draws(keys, size, d)) for d in {l.dtype for l in leaves}}
-  return jax.tree.unflatten(tree, [draws[l.dtype][i, :l.size].reshape(l.shape)
-                                   for i, l in enumerate(leaves)])
+  draws = {d: np.asarray(_draws(keys, size, d)) for d in {leaf.dtype for leaf in leaves}}
+  return jax.tree.unflatten(tree, [draws[leaf.dtype][i, :leaf.size].reshape(leaf.shape)
+                                   for i, leaf in enumerate(leaves)])
 
 
 def randomize(params, rng, scale=0.3):
