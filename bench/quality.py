@@ -2,6 +2,7 @@ r"""The quality-vs-steps report of a teacher and its distilled students.
 
   python -m bench.quality --teacher=runs/digits --students=runs/digits_pd[,...] --out=runs/report
       [--num_samples=500] [--steps=1,2,4,8,16,32,64] [--reference_steps=256]
+      [--metrics=fd_dataset,fidelity,fid] [--reference_images=1000]
 
 Rows (eval/quality.py): the teacher at each --steps with --sampler plus its --reference_steps
 DDIM reference; each student at every stage-end checkpoint its workdir keeps, with the stage's
@@ -41,6 +42,8 @@ flags.DEFINE_string("classifier_dir", "", "Dataset classifier directory ('' = th
 flags.DEFINE_integer("classifier_steps", 500, "Training steps if the classifier is missing.")
 flags.DEFINE_string("inception_weights", "", "FID Inception .npz ('' = the default path).")
 flags.DEFINE_integer("seed", 0, "Seed of the shared noise.")
+flags.DEFINE_integer("reference_images", 0, "FD / FID statistics from the first N images of "
+                     "the train split (0 = all of it; the fashion_mnist_cpu report's: 1000).")
 flags.DEFINE_bool("clip_x", True, "Clip x_hat to [-1, 1] at every sampler step (every row).")
 flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/diffusion_distillation_jax"),
                     "Persistent XLA compilation cache directory ('' to disable).")
@@ -69,6 +72,7 @@ def main(argv):
                         classifier_dir=FLAGS.classifier_dir,
                         classifier_steps=FLAGS.classifier_steps,
                         inception_weights=FLAGS.inception_weights, seed=FLAGS.seed,
+                        reference_images=FLAGS.reference_images,
                         clip_x=FLAGS.clip_x)
   print(quality_table.format_table(rows))
   print(f"wrote {FLAGS.out}/report.md, report.json, quality_vs_steps.png and grids/")
