@@ -22,12 +22,32 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 import pytest  # noqa: E402
 
 import distillation  # noqa: E402, F401  (registers the methods, as commands/ does for main.py)
+from infra.mesh import make_mesh  # noqa: E402
 from tests.tiny_config import tiny_teacher_config  # noqa: E402
+from training.trainer import Trainer  # noqa: E402
 
 
 @pytest.fixture
 def tiny_config():
   return tiny_teacher_config
+
+
+def _tiny_teacher(workdir, **overrides) -> str:
+  Trainer(tiny_teacher_config(num_train_steps=4, **overrides), str(workdir), make_mesh(1)).run()
+  return str(workdir)
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory):
+  """A tiny digits teacher's workdir after 4 updates, shared by the tests of a process: read
+  it, or copy it to change it."""
+  return _tiny_teacher(tmp_path_factory.mktemp("teacher"))
+
+
+@pytest.fixture(scope="session")
+def cond_teacher_dir(tmp_path_factory):
+  """The same with 10 classes (label dropout; the guided methods' teacher)."""
+  return _tiny_teacher(tmp_path_factory.mktemp("cond_teacher"), **{"model.num_classes": 10})
 
 
 def pytest_collection_modifyitems(items):

@@ -186,19 +186,12 @@ def test_guided_teacher_is_the_cfg_combination():
 
 # --- Through the trainer: a tiny class-conditional digits teacher, a w-conditioned student.
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("cond_teacher")
-  Trainer(tiny_teacher_config(num_train_steps=4, **{"model.num_classes": 10}), str(workdir),
-          make_mesh(1)).run()
-  return str(workdir)
 
-
-def boot_run_config(teacher_dir, num_train_steps, tmp_path):
+def boot_run_config(cond_teacher_dir, num_train_steps, tmp_path):
   """N = 2 then 4 (3 updates each), w ~ U[0, 4]; the data_dir does not exist."""
   config = guided_student(boot_config(tiny_teacher_config(**{"model.num_classes": 10}), "2,4",
                                       steps_per_stage=3, lr=1e-3, fidelity_samples=8))
-  config.teacher.workdir = teacher_dir
+  config.teacher.workdir = cond_teacher_dir
   config.data.data_dir = str(tmp_path / "no_such_dir")
   config.num_train_steps = num_train_steps
   config.checkpoint_every_steps = 2
@@ -224,18 +217,18 @@ def _leaves(state):
 
 
 @pytest.fixture(scope="module")
-def full_run(teacher_dir, tmp_path_factory):
+def full_run(cond_teacher_dir, tmp_path_factory):
   """(trainer, final state) of the whole 6-step schedule on one device, no dataset openable."""
   tmp_path = tmp_path_factory.mktemp("boot_full")
   with refusing_datasets():
-    trainer = Trainer(boot_run_config(teacher_dir, 6, tmp_path), str(tmp_path / "run"),
+    trainer = Trainer(boot_run_config(cond_teacher_dir, 6, tmp_path), str(tmp_path / "run"),
                       make_mesh(1))
     return trainer, trainer.run()
 
 
-def test_student_starts_as_the_teacher_with_a_zero_w_embedding(teacher_dir, tmp_path):
-  method = get_method(boot_run_config(teacher_dir, 6, tmp_path))
-  teacher, _, _ = load_params(teacher_dir, mesh=make_mesh(1))
+def test_student_starts_as_the_teacher_with_a_zero_w_embedding(cond_teacher_dir, tmp_path):
+  method = get_method(boot_run_config(cond_teacher_dir, 6, tmp_path))
+  teacher, _, _ = load_params(cond_teacher_dir, mesh=make_mesh(1))
   student = method.init(jax.random.key(0), teacher)
   z = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
   label, t = jnp.array([0, 3, 7, 9]), jnp.array([0.0, 0.3, 0.6, 1.0])
@@ -259,7 +252,7 @@ def test_student_starts_as_the_teacher_with_a_zero_w_embedding(teacher_dir, tmp_
                              rtol=1e-6, atol=1e-6)
 
 
-def test_no_dataset_resume_is_bit_exact_one_compiled_step(full_run, teacher_dir, tmp_path):
+def test_no_dataset_resume_is_bit_exact_one_compiled_step(full_run, cond_teacher_dir, tmp_path):
   full, full_state = full_run
   assert full.method.needs_data is False
   assert full.step_fn._cache_size() == 1          # one compiled step served N = 2 and N = 4
@@ -269,7 +262,7 @@ def test_no_dataset_resume_is_bit_exact_one_compiled_step(full_run, teacher_dir,
     with pytest.raises(AssertionError, match="opened a dataset"):   # the guard sees a teacher run
       Trainer(tiny_teacher_config(), str(tmp_path / "teacher"), make_mesh(1))
     for stop in (2, 3, 5, 6):                      # mid-stage, the boundary, mid-stage, the end
-      state = Trainer(boot_run_config(teacher_dir, stop, tmp_path), workdir, make_mesh(1)).run()
+      state = Trainer(boot_run_config(cond_teacher_dir, stop, tmp_path), workdir, make_mesh(1)).run()
       assert int(state.step) == stop
   for a, b in zip(_leaves(full_state), _leaves(state), strict=True):
     np.testing.assert_array_equal(a, b)
@@ -278,18 +271,18 @@ def test_no_dataset_resume_is_bit_exact_one_compiled_step(full_run, teacher_dir,
   assert all(np.isfinite(m["fidelity_psnr"]) for m in metrics.values())
 
 
-def test_one_and_eight_devices_agree(full_run, teacher_dir, tmp_path):
+def test_one_and_eight_devices_agree(full_run, cond_teacher_dir, tmp_path):
   with refusing_datasets():
-    eight = Trainer(boot_run_config(teacher_dir, 6, tmp_path), str(tmp_path / "eight"),
+    eight = Trainer(boot_run_config(cond_teacher_dir, 6, tmp_path), str(tmp_path / "eight"),
                     make_mesh(8)).run()
   for a, b in zip(_leaves(full_run[1]), _leaves(eight), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_sample_is_one_student_call_on_the_shared_noise(teacher_dir, tmp_path):
+def test_sample_is_one_student_call_on_the_shared_noise(cond_teacher_dir, tmp_path):
   """sample() = g(eps, 0, c) with eps drawn as training.samples.sample_images draws z_1 and its labels
   and w (clipped to [-1, 1] with sample.clip_x); a fixed-w student refuses another sampling w."""
-  config = boot_run_config(teacher_dir, 6, tmp_path)
+  config = boot_run_config(cond_teacher_dir, 6, tmp_path)
   config.sample.update(guidance_weight=1.5, clip_x=False)
   method = get_method(config)
   params = random_params(method.network, (8, 8, 1), jax.random.key(3))

@@ -208,12 +208,6 @@ def test_consistency_sampler_renoises_from_the_boundary():
 
 # --- Through the trainer: a tiny digits teacher, N = 2 then 4 with the EMA target.
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("teacher")
-  Trainer(tiny_teacher_config(num_train_steps=4), str(workdir), make_mesh(1)).run()
-  return str(workdir)
-
 
 def run_config(teacher_dir, num_train_steps):
   config = consistency_configs.consistency_config(

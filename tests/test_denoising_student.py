@@ -45,12 +45,6 @@ def mlp_method(parameterization, **distill):
   return get_method(config)
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("teacher")
-  Trainer(tiny_teacher_config(num_train_steps=4), str(workdir), make_mesh(1)).run()
-  return str(workdir)
-
 
 def student_run_config(teacher_dir, pairs_dir, steps=6, **overrides):
   config = student_config(tiny_teacher_config(), teacher_steps=4, num_pairs=96, num_heldout=32,

@@ -13,12 +13,6 @@ from tests.tiny_config import tiny_teacher_config
 from training.trainer import Trainer
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("teacher")
-  Trainer(tiny_teacher_config(num_train_steps=4), str(workdir), make_mesh(1)).run()
-  return str(workdir)
-
 
 def progressive_config(teacher_dir, num_train_steps):
   """8 -> 4 -> 2 -> 1 student steps, 3 updates per halving (9 in all)."""

@@ -3,7 +3,6 @@ replicated state to round-off, for a teacher and across the stages of progressiv
 distillation; its checkpoints restore bit for bit onto a replicated mesh and onto fsdp = 2."""
 import jax
 import numpy as np
-import pytest
 
 from infra.mesh import make_mesh, shard_batch
 from tests.pod_configs import tiny_distill
@@ -54,12 +53,6 @@ def test_teacher_with_fsdp_4_matches_the_replicated_run(tmp_path):
   for a, b in zip(_leaves(replicated), _leaves(sharded), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("teacher")
-  Trainer(tiny_teacher_config(num_train_steps=4), str(workdir), make_mesh(1)).run()
-  return str(workdir)
 
 
 def test_progressive_with_fsdp_4_matches_the_replicated_run(tmp_path, teacher_dir):

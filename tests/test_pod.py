@@ -40,12 +40,6 @@ def _distill(teacher_dir, num_train_steps=0):
   return config
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("teacher")
-  Trainer(tiny_teacher_config(num_train_steps=4), str(workdir), make_mesh(1)).run()
-  return workdir
-
 
 # --- Resume without the teacher's workdir (issue 8, item 5) ---------------------------------
 

@@ -188,12 +188,6 @@ def test_generator_samples_match_the_data_mean_and_covariance(gaussian_run):
 
 # --- Through the trainer: a tiny digits teacher, an MLP, 16 examples per batch. ---
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("teacher")
-  Trainer(tiny_teacher_config(num_train_steps=4), str(workdir), make_mesh(1)).run()
-  return str(workdir)
-
 
 def sid_run_config(teacher_dir, num_train_steps, **sid):
   config = sid_configs.sid_config(tiny_teacher_config(), num_updates=6, lr=1e-3, batch_size=16,

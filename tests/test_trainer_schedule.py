@@ -17,21 +17,6 @@ from training.method import get_method
 from training.trainer import Trainer
 
 
-def _teacher(workdir, **overrides):
-  Trainer(tiny_teacher_config(num_train_steps=4, **overrides), str(workdir), make_mesh(1)).run()
-  return str(workdir)
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  return _teacher(tmp_path_factory.mktemp("teacher"))
-
-
-@pytest.fixture(scope="module")
-def cond_teacher_dir(tmp_path_factory):
-  return _teacher(tmp_path_factory.mktemp("cond_teacher"), **{"model.num_classes": 10})
-
-
 def distill(teacher_dir, method="progressive", steps_per_stage=2, num_classes=0, **optim):
   """Halvings 4 -> 2 -> 1 of the tiny teacher (2 stages), `steps_per_stage` updates each."""
   config = distill_config(tiny_teacher_config(**{"model.num_classes": num_classes}),
