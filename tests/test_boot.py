@@ -187,11 +187,11 @@ def test_guided_teacher_is_the_cfg_combination():
 # --- Through the trainer: a tiny class-conditional digits teacher, a w-conditioned student.
 
 
-def boot_run_config(cond_teacher_dir, num_train_steps, tmp_path):
+def boot_run_config(teacher_dir, num_train_steps, tmp_path):
   """N = 2 then 4 (3 updates each), w ~ U[0, 4]; the data_dir does not exist."""
   config = guided_student(boot_config(tiny_teacher_config(**{"model.num_classes": 10}), "2,4",
                                       steps_per_stage=3, lr=1e-3, fidelity_samples=8))
-  config.teacher.workdir = cond_teacher_dir
+  config.teacher.workdir = teacher_dir
   config.data.data_dir = str(tmp_path / "no_such_dir")
   config.num_train_steps = num_train_steps
   config.checkpoint_every_steps = 2
@@ -262,7 +262,8 @@ def test_no_dataset_resume_is_bit_exact_one_compiled_step(full_run, cond_teacher
     with pytest.raises(AssertionError, match="opened a dataset"):   # the guard sees a teacher run
       Trainer(tiny_teacher_config(), str(tmp_path / "teacher"), make_mesh(1))
     for stop in (2, 3, 5, 6):                      # mid-stage, the boundary, mid-stage, the end
-      state = Trainer(boot_run_config(cond_teacher_dir, stop, tmp_path), workdir, make_mesh(1)).run()
+      state = Trainer(boot_run_config(cond_teacher_dir, stop, tmp_path), workdir,
+                      make_mesh(1)).run()
       assert int(state.step) == stop
   for a, b in zip(_leaves(full_state), _leaves(state), strict=True):
     np.testing.assert_array_equal(a, b)

@@ -45,7 +45,6 @@ def mlp_method(parameterization, **distill):
   return get_method(config)
 
 
-
 def student_run_config(teacher_dir, pairs_dir, steps=6, **overrides):
   config = student_config(tiny_teacher_config(), teacher_steps=4, num_pairs=96, num_heldout=32,
                           loss="l2", batch_size=16, steps=steps, lr=1e-3, warmup_steps=2,

@@ -13,7 +13,6 @@ from tests.tiny_config import tiny_teacher_config
 from training.trainer import Trainer
 
 
-
 def progressive_config(teacher_dir, num_train_steps):
   """8 -> 4 -> 2 -> 1 student steps, 3 updates per halving (9 in all)."""
   config = distill_config(tiny_teacher_config(), teacher_steps=8, steps_per_stage=3, lr=1e-3,

@@ -54,7 +54,6 @@ def test_teacher_with_fsdp_4_matches_the_replicated_run(tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-
 def test_progressive_with_fsdp_4_matches_the_replicated_run(tmp_path, teacher_dir):
   """4 updates over two halvings: the student becomes the (sharded) teacher in between."""
   config = _config(tiny_distill())

@@ -40,7 +40,6 @@ def _distill(teacher_dir, num_train_steps=0):
   return config
 
 
-
 # --- Resume without the teacher's workdir (issue 8, item 5) ---------------------------------
 
 def test_distillation_resumes_after_its_teacher_workdir_is_gone(tmp_path, teacher_dir):
